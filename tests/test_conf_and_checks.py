@@ -1,0 +1,86 @@
+"""The settings door and the system checks."""
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from tiktok_tracking import checks, conf
+from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
+
+
+def tracking(**overrides):
+    return override_settings(TIKTOK_TRACKING={**settings.TIKTOK_TRACKING, **overrides})
+
+
+def ids(errors):
+    return sorted(e.id for e in errors)
+
+
+def test_defaults_apply_and_are_read_at_call_time():
+    assert conf.get("PURCHASE_EVENT") == "Purchase"
+    assert conf.get("BATCH_SIZE") == 1000
+    assert conf.get("MAX_RETRY_HOURS") == 24
+    assert conf.DEFAULTS["API_URL"] == "https://business-api.tiktok.com/open_api/v1.3/event/track/"
+    with tracking(BATCH_SIZE=7):
+        assert conf.get("BATCH_SIZE") == 7
+
+
+def test_missing_required_key_names_it():
+    with tracking(ACCESS_TOKEN=""), pytest.raises(TikTokTrackingImproperlyConfigured) as info:
+        conf.require("ACCESS_TOKEN")
+    assert "ACCESS_TOKEN" in str(info.value)
+
+
+def test_unknown_key_is_a_programming_error():
+    with pytest.raises(KeyError):
+        conf.get("PIXEL")
+
+
+def test_valid_configuration_passes_checks():
+    assert checks.check_settings() == []
+    assert checks.check_broker() == []
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"PIXEL_ID": None}, "tiktok_tracking.E001"),
+        ({"ACCESS_TOKEN": ""}, "tiktok_tracking.E002"),
+        ({"PURCHASE_EVENT": "Bought"}, "tiktok_tracking.E003"),
+        ({"ORDER_ADAPTER": "no.such.Adapter"}, "tiktok_tracking.E004"),
+        ({"ORDER_ADAPTER": "tiktok_tracking.conf.get"}, "tiktok_tracking.E004"),
+        ({"BATCH_SIZE": 5000}, "tiktok_tracking.E006"),
+        ({"MAX_RETRY_HOURS": 48}, "tiktok_tracking.E007"),
+        ({"TIMEOUT": -1}, "tiktok_tracking.E008"),
+        ({"LEASE_SECONDS": 10, "TIMEOUT": 10}, "tiktok_tracking.E009"),
+        ({"PIXELID": "x"}, "tiktok_tracking.W001"),
+    ],
+)
+def test_misconfiguration_is_reported(overrides, expected):
+    with tracking(**overrides):
+        assert expected in ids(checks.check_settings())
+
+
+def test_legacy_purchase_name_is_accepted():
+    with tracking(PURCHASE_EVENT="CompletePayment"):
+        assert checks.check_settings() == []
+
+
+def test_missing_broker_is_reported():
+    from tests.celery_app import app
+
+    saved = app.conf.broker_url
+    app.conf.broker_url = None
+    try:
+        assert ids(checks.check_broker()) == ["tiktok_tracking.E005"]
+    finally:
+        app.conf.broker_url = saved
+
+
+def test_manage_py_check_fails_on_errors_and_never_prints_the_token(capsys):
+    with tracking(PIXEL_ID=None), pytest.raises(SystemCheckError) as info:
+        call_command("check")
+    assert "tiktok_tracking.E001" in str(info.value)
+    assert settings.TIKTOK_TRACKING["ACCESS_TOKEN"] not in str(info.value)
