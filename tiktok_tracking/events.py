@@ -15,37 +15,7 @@ from tiktok_tracking.adapters import (
 )
 from tiktok_tracking.exceptions import InvalidOrderData
 from tiktok_tracking.hashing import hash_email, hash_external_id, hash_phone
-
-# TikTok renamed CompletePayment to Purchase in May 2025 and converts the old name on its side,
-# so both name a purchase and share the order's event_id.
-PURCHASE_EVENT_NAMES = frozenset({"Purchase", "CompletePayment"})
-
-STANDARD_EVENTS = frozenset(
-    {
-        "AddPaymentInfo",
-        "AddToCart",
-        "AddToWishlist",
-        "ApplicationApproval",
-        "CompleteRegistration",
-        "Contact",
-        "CustomizeProduct",
-        "Download",
-        "FindLocation",
-        "InitiateCheckout",
-        "Lead",
-        "Purchase",
-        "Schedule",
-        "Search",
-        "StartTrial",
-        "SubmitApplication",
-        "Subscribe",
-        "ViewContent",
-    }
-)
-
-# Renamed (CompletePayment, SubmitForm) or deprecated (PlaceAnOrder, ClickButton) names that
-# many shops and guides still use.
-LEGACY_EVENTS = frozenset({"CompletePayment", "SubmitForm", "PlaceAnOrder", "ClickButton"})
+from tiktok_tracking.standards import LEGACY_EVENTS, PURCHASE_EVENT_NAMES, STANDARD_EVENTS
 
 CONTENT_TYPE = "product"
 
