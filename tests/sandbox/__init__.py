@@ -1,0 +1,1 @@
+"""Tests of the local TikTok Events API sandbox."""

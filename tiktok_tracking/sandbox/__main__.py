@@ -1,0 +1,84 @@
+"""Run the TikTok Events API sandbox from the command line until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from types import FrameType
+
+from tiktok_tracking.sandbox.server import SandboxServer
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tiktok_tracking.sandbox",
+        description="Local stand-in for TikTok's Events API v1.3 track endpoint.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TIKTOK_SANDBOX_TOKEN") or None,
+        help="the only Access-Token accepted (default: $TIKTOK_SANDBOX_TOKEN, else any)",
+    )
+    parser.add_argument(
+        "--pixel",
+        dest="pixels",
+        action="extend",
+        nargs="+",
+        metavar="ID",
+        help="pixel codes the token may send to (repeatable; default: any)",
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds to wait before every answer"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return parser.parse_args(argv)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        server = SandboxServer(
+            args.host,
+            args.port,
+            token=args.token,
+            pixels=args.pixels,
+            latency=args.latency,
+            verbose=args.verbose,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"Cannot start the sandbox on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+    # Both set explicitly: a shell starting us with "&" would otherwise leave SIGINT ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The first stdout line is the base URL alone, so scripts can read the port chosen.
+    print(server.url, flush=True)
+    token_rule = "checked against --token" if args.token else "any non-empty value accepted"
+    pixel_rule = ", ".join(args.pixels) if args.pixels else "any"
+    print(
+        f"POST events to {server.events_url} (Access-Token: {token_rule}; pixels: {pixel_rule})."
+        " Ctrl-C to stop.",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,626 @@
+"""A local HTTP stand-in for TikTok's Events API v1.3 track endpoint, scriptable from tests."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import secrets
+import socket
+import socketserver
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tiktok_tracking.sandbox.validation import (
+    CODE_INVALID_PARAMETER,
+    CODE_NO_PERMISSION,
+    CODE_OK,
+    CODE_TOO_MANY_REQUESTS,
+    parse_body,
+    token_status,
+    validate_request,
+)
+
+__all__ = ["CONTROL_PREFIX", "TRACK_PATH", "SandboxServer"]
+
+TRACK_PATH = "/open_api/v1.3/event/track/"
+CONTROL_PREFIX = "/sandbox/"
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+_SCRIPT_KEYS = frozenset({"status", "code", "message", "delay", "body", "drop"})
+_DEFAULT_MESSAGES = {
+    CODE_OK: "OK",
+    CODE_NO_PERMISSION: "No permission to operate pixel code.",
+    CODE_INVALID_PARAMETER: "Invalid parameters.",
+    CODE_TOO_MANY_REQUESTS: "Too many requests. Please retry in some time.",
+}
+# Header names are compared with "_" folded to "-", so "Access_Token" cannot slip through.
+_SECRET_HEADERS = frozenset({"access-token"})
+_MASKED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_MASK = "[redacted]"
+
+
+def _new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _check_delay(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_script(item: Any, index: int) -> dict[str, Any]:
+    """Reject a malformed canned answer when it is queued, not when a client hits it."""
+    where = f"response {index}"
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} must be an object, got {item!r}")
+    unknown = set(item) - _SCRIPT_KEYS
+    if unknown:
+        raise ValueError(
+            f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(_SCRIPT_KEYS)}"
+        )
+    status = item.get("status", 200)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"{where}: status must be an HTTP status code, got {status!r}")
+    code = item.get("code", CODE_OK)
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ValueError(f"{where}: code must be an integer, got {code!r}")
+    for key in ("message", "body"):
+        if key in item and not isinstance(item[key], str):
+            raise ValueError(f"{where}: {key} must be a string, got {item[key]!r}")
+    if "delay" in item:
+        _check_delay(item["delay"], f"{where}: delay")
+    if "drop" in item and not isinstance(item["drop"], bool):
+        raise ValueError(f"{where}: drop must be true or false, got {item['drop']!r}")
+    return dict(item)
+
+
+def _default_message(status: int, code: int) -> str:
+    if status != 200 and code == CODE_OK:
+        try:
+            return HTTPStatus(status).phrase
+        except ValueError:
+            return "Error"
+    return _DEFAULT_MESSAGES.get(code, "Error")
+
+
+def _recordable_headers(headers: Any, token: str | None) -> dict[str, str]:
+    """The request headers as recorded: the access token is never kept, in any header."""
+    recorded: dict[str, str] = {}
+    for name, value in headers.items():
+        folded = name.lower().replace("_", "-")
+        if folded in _SECRET_HEADERS:
+            continue
+        if folded in _MASKED_HEADERS or (token and token in value):
+            recorded[name] = _MASK
+        else:
+            recorded[name] = value
+    return recorded
+
+
+def _describe(record: dict[str, Any]) -> str:
+    answer = record["answer"]
+    body = record["body"]
+    events = []
+    if isinstance(body, dict) and isinstance(body.get("data"), list):
+        events = [
+            f"{item.get('event')}/{item.get('event_id')}"
+            for item in body["data"]
+            if isinstance(item, dict)
+        ]
+    return (
+        f"{record['path']} -> HTTP {answer['status']} code {answer['code']} "
+        f"{answer['message']!r}{' (scripted)' if record['scripted'] else ''}; "
+        f"events {events}"
+    )
+
+
+class _Server(ThreadingHTTPServer):
+    """Remembers open connections so that stopping also ends idle keep-alive ones."""
+
+    daemon_threads = True
+    # socketserver's default backlog of 5 resets bursts of parallel clients (benchmarks).
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], sandbox: SandboxServer) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.sandbox = sandbox
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind() resolves the host's FQDN, which can stall on a bad resolver.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-answer are normal here (timeouts, drop tests).
+        if self.sandbox.verbose:
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "TikTokSandbox/1.0"
+    # Idle keep-alive connections are closed after this many seconds.
+    timeout = 60
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.sandbox.verbose:
+            super().log_message(format, *args)
+
+    # --- plumbing ---
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering a request whose body cannot be read."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked()
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            return b""
+        try:
+            length = int(length_header)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._refuse(HTTPStatus.BAD_REQUEST, "Invalid Content-Length.")
+            return None
+        if length > MAX_BODY_BYTES:
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large.")
+            return None
+        return self.rfile.read(length)
+
+    def _read_chunked(self) -> bytes | None:
+        chunks = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self._refuse(HTTPStatus.BAD_REQUEST, "Invalid chunked body.")
+                return None
+            if size == 0:
+                # Trailers, if any, end with an empty line.
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            total += size
+            if total > MAX_BODY_BYTES:
+                self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large.")
+                return None
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(1024)
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        # The rest of the stream cannot be trusted to start a new request.
+        self.close_connection = True
+        self.send_json(status, {"code": int(status), "message": message})
+
+    def send_bytes(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str = "application/json",
+        extra_headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in extra_headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def send_json(
+        self, status: int, value: Any, extra_headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self.send_bytes(status, json.dumps(value).encode("utf-8"), extra_headers=extra_headers)
+
+    def _not_found(self, path: str) -> None:
+        self.send_json(
+            HTTPStatus.NOT_FOUND,
+            {
+                "code": int(HTTPStatus.NOT_FOUND),
+                "message": f"Not found: {path}",
+                "request_id": _new_request_id(),
+                "data": {},
+            },
+        )
+
+    def _dispatch(self, method: str) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        url = urlsplit(self.path)
+        sandbox = self.server.sandbox
+        if url.path == TRACK_PATH:
+            if method == "POST":
+                sandbox._handle_track(self, url.path, body)
+            else:
+                self.send_json(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    {
+                        "code": int(HTTPStatus.METHOD_NOT_ALLOWED),
+                        "message": f"Method {method} not allowed; use POST.",
+                        "request_id": _new_request_id(),
+                        "data": {},
+                    },
+                    extra_headers=[("Allow", "POST")],
+                )
+        elif url.path.startswith(CONTROL_PREFIX):
+            sandbox._handle_control(self, method, url.path, url.query, body)
+        else:
+            self._not_found(url.path)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+
+class SandboxServer:
+    """A real HTTP server that answers like TikTok's Events API track endpoint.
+
+    ``token`` None accepts any non-empty Access-Token; ``pixels`` None accepts any pixel.
+    Every track request is recorded (without its token) before any latency is slept, so a
+    client that gives up while waiting is still seen as having delivered, as with TikTok.
+    Errors are HTTP 200 with a non-zero ``code``, as TikTok sends them.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        pixels: Collection[str] | None = None,
+        latency: float = 0.0,
+        verbose: bool = False,
+    ) -> None:
+        self._token = token
+        self._pixels = frozenset(pixels) if pixels is not None else None
+        self._initial_latency = _check_delay(latency, "latency")
+        self.verbose = verbose
+        self._lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+        self._queue: deque[dict[str, Any]] = deque()
+        self._latency = self._initial_latency
+        # Set on stop(): wakes handlers sleeping out a latency so they end at once.
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._serving_thread: threading.Thread | None = None
+        self._closed = False
+        self._httpd = _Server((host, port), self)
+        bound_host, bound_port = self._httpd.server_address[:2]
+        self.host = str(bound_host)
+        self.port = int(bound_port)
+
+    # --- lifecycle ---
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def events_url(self) -> str:
+        return self.url + TRACK_PATH
+
+    def start(self) -> SandboxServer:
+        """Serve on a background daemon thread; returns self."""
+        if self._thread is not None or self._closed:
+            raise RuntimeError("SandboxServer can only be started once")
+        self._thread = threading.Thread(
+            target=self.serve_forever, name=f"tiktok-sandbox-{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until :meth:`stop` is called from another thread."""
+        self._serving_thread = threading.current_thread()
+        try:
+            self._httpd.serve_forever(poll_interval=0.05)
+        finally:
+            self._serving_thread = None
+
+    def stop(self) -> None:
+        """Stop serving, end open connections and release the port. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        # shutdown() also works if the thread from start() has not entered its loop yet.
+        owner = self._thread or self._serving_thread
+        if owner is not None and owner is not threading.current_thread():
+            self._httpd.shutdown()
+            owner.join(timeout=5)
+        self._httpd.server_close()
+        self._httpd.close_open_connections()
+
+    def __enter__(self) -> SandboxServer:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- scripting ---
+
+    def program(self, responses: Iterable[dict[str, Any]]) -> None:
+        """Queue canned answers, used one per track request (FIFO) before normal validation.
+
+        Keys: ``status`` (HTTP, default 200), ``code`` (default 0), ``message``, ``delay``
+        (seconds, instead of the latency), ``body`` (raw text sent instead of the JSON
+        envelope), ``drop`` (close the connection without answering).
+        """
+        checked = [_check_script(item, index) for index, item in enumerate(responses)]
+        with self._lock:
+            self._queue.extend(checked)
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay every later answer (not a scripted one that has its own ``delay``)."""
+        seconds = _check_delay(seconds, "latency")
+        with self._lock:
+            self._latency = seconds
+
+    @property
+    def latency(self) -> float:
+        with self._lock:
+            return self._latency
+
+    def reset(self) -> None:
+        """Forget recorded requests and queued answers; latency returns to its initial value."""
+        with self._lock:
+            self._records.clear()
+            self._queue.clear()
+            self._latency = self._initial_latency
+
+    # --- inspection ---
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Copies of the recorded track requests, oldest first."""
+        with self._lock:
+            return copy.deepcopy(self._records)
+
+    @property
+    def pending_responses(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event of every accepted (HTTP 200, code 0) request, flattened, oldest first."""
+        flattened = []
+        for record in self.requests:
+            answer = record["answer"]
+            body = record["body"]
+            if answer["status"] != 200 or answer["code"] != CODE_OK:
+                continue
+            if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+                continue
+            for item in body["data"]:
+                if not isinstance(item, dict):
+                    continue
+                flattened.append(
+                    {
+                        "pixel": body.get("event_source_id"),
+                        "event": item.get("event"),
+                        "event_id": item.get("event_id"),
+                        "test_event_code": body.get("test_event_code"),
+                        "request_id": record["request_id"],
+                        "received_at": record["received_at"],
+                        "item": item,
+                    }
+                )
+        return flattened
+
+    def events_for(self, event_id: str) -> list[dict[str, Any]]:
+        """The accepted events carrying ``event_id``."""
+        return [event for event in self.events() if event["event_id"] == event_id]
+
+    def wait_for(
+        self,
+        predicate: Callable[[list[dict[str, Any]]], Any],
+        timeout: float = 10.0,
+        interval: float = 0.02,
+    ) -> list[dict[str, Any]]:
+        """Poll :attr:`requests` until ``predicate(requests)`` is truthy; return those requests.
+
+        Raises ``TimeoutError`` describing what was received if it does not happen in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            requests = self.requests
+            if predicate(requests):
+                return requests
+            if time.monotonic() >= deadline:
+                name = getattr(predicate, "__name__", repr(predicate))
+                seen = "\n".join(f"  #{i} {_describe(r)}" for i, r in enumerate(requests))
+                raise TimeoutError(
+                    f"TikTok sandbox: {name} not satisfied within {timeout}s; "
+                    f"{len(requests)} request(s) recorded" + (f":\n{seen}" if seen else ".")
+                )
+            time.sleep(interval)
+
+    # --- request handling (called on handler threads) ---
+
+    def _handle_track(self, handler: _Handler, path: str, raw_body: bytes) -> None:
+        received_at = time.time()
+        verdict = validate_request(
+            handler.headers,
+            raw_body,
+            expected_token=self._token,
+            allowed_pixels=self._pixels,
+            now=received_at,
+        )
+        try:
+            body = parse_body(raw_body)
+        except ValueError:
+            body = None
+        present, valid = token_status(handler.headers, self._token)
+        request_id = _new_request_id()
+
+        with self._lock:
+            script = self._queue.popleft() if self._queue else None
+            delay = self._latency
+            if script is None:
+                answer = {"status": 200, "code": verdict.code, "message": verdict.message}
+            else:
+                delay = float(script.get("delay", delay))
+                answer = self._scripted_answer(script)
+            self._records.append(
+                {
+                    "request_id": request_id,
+                    "received_at": received_at,
+                    "method": "POST",
+                    "path": path,
+                    "headers": _recordable_headers(handler.headers, self._token),
+                    "access_token_present": present,
+                    "access_token_valid": valid,
+                    "body": body,
+                    "raw_body_size": len(raw_body),
+                    "answer": answer,
+                    "scripted": script is not None,
+                    "validation": {"code": verdict.code, "message": verdict.message},
+                }
+            )
+
+        if delay > 0 and self._stopping.wait(delay):
+            handler.close_connection = True
+            return
+        if script is not None and script.get("drop"):
+            # Like a crash: the connection ends with no status line at all.
+            handler.close_connection = True
+            return
+        if script is not None and "body" in script:
+            handler.send_bytes(answer["status"], script["body"].encode("utf-8"))
+            return
+        handler.send_json(
+            answer["status"],
+            {
+                "code": answer["code"],
+                "message": answer["message"],
+                "request_id": request_id,
+                "data": {},
+            },
+        )
+
+    @staticmethod
+    def _scripted_answer(script: dict[str, Any]) -> dict[str, Any]:
+        if script.get("drop"):
+            return {"status": None, "code": None, "message": "connection dropped"}
+        status = script.get("status", 200)
+        if "body" in script:
+            # The client cannot read a code out of a raw body, so none is recorded.
+            return {"status": status, "code": None, "message": script["body"]}
+        code = script.get("code", CODE_OK)
+        message = script.get("message", _default_message(status, code))
+        return {"status": status, "code": code, "message": message}
+
+    def _handle_control(
+        self, handler: _Handler, method: str, path: str, query: str, raw_body: bytes
+    ) -> None:
+        action = path[len(CONTROL_PREFIX) :].strip("/")
+        routes: dict[tuple[str, str], Callable[[Any, dict[str, list[str]]], Any]] = {
+            ("GET", "health"): lambda _, __: {
+                "ok": True,
+                "url": self.url,
+                "events_url": self.events_url,
+            },
+            ("GET", "requests"): lambda _, __: self.requests,
+            ("GET", "events"): self._control_events,
+            ("POST", "program"): self._control_program,
+            ("POST", "latency"): self._control_latency,
+            ("POST", "reset"): self._control_reset,
+        }
+        route = routes.get((method, action))
+        if route is None:
+            if any(name == action for _, name in routes):
+                allowed = ", ".join(m for m, name in routes if name == action)
+                handler.send_json(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    {"ok": False, "error": f"{method} not allowed on {path}; use {allowed}."},
+                    extra_headers=[("Allow", allowed)],
+                )
+            else:
+                handler._not_found(path)
+            return
+        try:
+            payload = parse_body(raw_body) if raw_body.strip() else None
+            result = route(payload, parse_qs(query))
+        except ValueError as exc:
+            handler.send_json(HTTPStatus.BAD_REQUEST, {"ok": False, "error": str(exc)})
+            return
+        handler.send_json(HTTPStatus.OK, result)
+
+    def _control_events(self, _: Any, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        if "event_id" in query:
+            return self.events_for(query["event_id"][0])
+        return self.events()
+
+    def _control_program(self, payload: Any, _: Any) -> dict[str, Any]:
+        if not isinstance(payload, list):
+            raise ValueError("POST /sandbox/program expects a JSON list of responses")
+        self.program(payload)
+        return {"ok": True, "pending": self.pending_responses}
+
+    def _control_latency(self, payload: Any, _: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict) or "seconds" not in payload:
+            raise ValueError('POST /sandbox/latency expects {"seconds": <number>}')
+        self.set_latency(payload["seconds"])
+        return {"ok": True, "seconds": self.latency}
+
+    def _control_reset(self, _: Any, __: Any) -> dict[str, Any]:
+        self.reset()
+        return {"ok": True}
+
+    def __repr__(self) -> str:
+        # Deliberately without the token.
+        return f"<SandboxServer {self.url} pixels={sorted(self._pixels or ())}>"
