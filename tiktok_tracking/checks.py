@@ -6,8 +6,8 @@ from django.utils.module_loading import import_string
 
 from tiktok_tracking import conf
 from tiktok_tracking.events import is_valid_event_name
+from tiktok_tracking.standards import MAX_BATCH_SIZE
 
-MAX_BATCH_SIZE = 1000
 # TikTok deduplicates repeats of one event_id for 48 h; retries must stop well before that.
 DEDUP_WINDOW_HOURS = 48
 

@@ -1,0 +1,323 @@
+"""Delivery: claim due outbox rows, send them in batches per pixel, record every outcome."""
+
+import logging
+import random
+import re
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import timedelta
+from itertools import groupby
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from tiktok_tracking import conf
+from tiktok_tracking.client import DELIVERED, PERMANENT, EventsApiClient
+from tiktok_tracking.consent import server_lane_decision
+from tiktok_tracking.events import build_request_body
+from tiktok_tracking.models import CheckoutContext, DeliveryAttempt, TrackedEvent
+from tiktok_tracking.signals import events_delivered, events_failed
+from tiktok_tracking.standards import CODE_INVALID_PARAMETER
+
+logger = logging.getLogger(__name__)
+
+# TikTok names the rejected field by its path, e.g. "data.3.properties.value: ...".
+FAILING_ITEM = re.compile(r"\bdata\.(\d+)\b")
+
+Status = TrackedEvent.Status
+
+
+@dataclass
+class DrainReport:
+    """What one drain did, for the task's log line and the tests."""
+
+    claimed: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    requests: int = 0
+    more_due: bool = False
+    # Seconds until the earliest retry scheduled by this drain, if any.
+    next_retry_in: float | None = None
+    outcomes: list = field(default_factory=list, repr=False)
+
+
+def retry_delay(attempts, base, cap, rand=random.random):
+    """Seconds to wait before attempt ``attempts + 1``: exponential, capped, with equal jitter.
+
+    Jitter keeps workers that failed together from retrying together.
+    """
+    delay = min(cap, base * 2 ** max(attempts - 1, 0))
+    return delay * (0.5 + rand() / 2)
+
+
+def failing_item_index(message):
+    """The index of the event a 40002 message blames, or None if it names none."""
+    match = FAILING_ITEM.search(message or "")
+    return int(match.group(1)) if match else None
+
+
+def claim_due_events(limit, *, now=None, lease_seconds=None):
+    """Claim up to ``limit`` due rows for this worker and return them, oldest first.
+
+    PostgreSQL locks the candidates with SKIP LOCKED so concurrent workers take disjoint sets;
+    where that is unavailable (SQLite) the conditional UPDATE on ``status`` decides who wins,
+    and the claim token tells each worker which rows are its own.
+    """
+    now = now or timezone.now()
+    lease = timedelta(seconds=lease_seconds or conf.get("LEASE_SECONDS"))
+    token = uuid.uuid4().hex
+    candidates = TrackedEvent.objects.due(now).order_by("next_attempt_at", "pk")
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    # SQLite must not hold a read transaction here: upgrading it to a write would fail
+    # with "database is locked" under contention instead of waiting.
+    with transaction.atomic() if skip_locked else nullcontext():
+        if skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        ids = list(candidates.values_list("pk", flat=True)[:limit])
+        if not ids:
+            return []
+        TrackedEvent.objects.filter(pk__in=ids, status=Status.PENDING).update(
+            status=Status.SENDING,
+            claim_token=token,
+            lease_expires_at=now + lease,
+            attempts=F("attempts") + 1,
+            updated_at=now,
+        )
+    return list(TrackedEvent.objects.filter(claim_token=token).order_by("next_attempt_at", "pk"))
+
+
+def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
+    """Send due events until none are left or ``max_seconds`` have passed."""
+    own_client = client is None
+    client = client or EventsApiClient.from_settings()
+    batch_size = int(batch_size or conf.get("BATCH_SIZE"))
+    max_seconds = conf.get("DRAIN_SECONDS") if max_seconds is None else max_seconds
+    deadline = time.monotonic() + max_seconds
+    report = DrainReport()
+    try:
+        while True:
+            rows = claim_due_events(batch_size)
+            if not rows:
+                break
+            report.claimed += len(rows)
+            send_claimed(rows, client, report)
+            if time.monotonic() >= deadline:
+                report.more_due = TrackedEvent.objects.due().exists()
+                break
+    finally:
+        if own_client:
+            client.close()
+    return report
+
+
+def send_claimed(rows, client, report):
+    """Re-check consent, then send the claimed rows, one request per pixel and test code."""
+    sendable = []
+    for row in rows:
+        decision = server_lane_decision(row)
+        if decision.allowed:
+            sendable.append(row)
+        else:
+            mark_suppressed(row, decision.reason)
+            report.suppressed += 1
+    configured_code = conf.get("TEST_EVENT_CODE") or None
+
+    def request_key(row):
+        return (row.pixel_id, row.test_event_code or configured_code or "")
+
+    for (pixel_id, test_code), group in groupby(sorted(sendable, key=request_key), request_key):
+        send_group(client, pixel_id, test_code or None, list(group), report)
+
+
+def send_group(client, pixel_id, test_event_code, rows, report):
+    """Send one request; a parameter error on a batch is narrowed down to the events it blames."""
+    body = build_request_body(
+        pixel_id,
+        [row.payload for row in rows],
+        test_event_code=test_event_code,
+        partner_name=conf.get("PARTNER_NAME") or None,
+    )
+    outcome = client.send(body)
+    report.requests += 1
+    report.outcomes.append(outcome)
+    if outcome.kind == PERMANENT and outcome.code == CODE_INVALID_PARAMETER and len(rows) > 1:
+        # One bad event must not sink the 999 good ones beside it.
+        index = failing_item_index(outcome.message)
+        if index is not None and index < len(rows):
+            record_outcome([rows[index]], outcome, report)
+            rest = rows[:index] + rows[index + 1 :]
+            send_group(client, pixel_id, test_event_code, rest, report)
+        else:
+            half = len(rows) // 2
+            send_group(client, pixel_id, test_event_code, rows[:half], report)
+            send_group(client, pixel_id, test_event_code, rows[half:], report)
+        return
+    record_outcome(rows, outcome, report)
+
+
+def record_outcome(rows, outcome, report, now=None):
+    """Write the attempt log and move each row to delivered, failed or its next attempt."""
+    now = now or timezone.now()
+    DeliveryAttempt.objects.bulk_create(
+        [
+            DeliveryAttempt(
+                tracked_event_id=row.pk,
+                attempted_at=now,
+                outcome=outcome.kind,
+                batch_size=outcome.event_count,
+                http_status=outcome.http_status,
+                code=outcome.code,
+                message=outcome.message,
+                request_id=outcome.request_id,
+                duration_ms=outcome.duration_ms,
+            )
+            for row in rows
+        ]
+    )
+    answer = {
+        "last_http_status": outcome.http_status,
+        "last_code": outcome.code,
+        "last_message": outcome.message,
+        "last_request_id": outcome.request_id,
+        "lease_expires_at": None,
+        "claim_token": "",
+        "updated_at": now,
+    }
+    ids = [row.pk for row in rows]
+    if outcome.kind == DELIVERED:
+        _update_claimed(rows, status=Status.DELIVERED, delivered_at=now, last_error="", **answer)
+        report.delivered += len(rows)
+        events_delivered.send(sender=TrackedEvent, tracked_event_ids=ids)
+    elif outcome.kind == PERMANENT:
+        _update_claimed(rows, status=Status.FAILED, last_error=_error_text(outcome), **answer)
+        report.failed += len(rows)
+        logger.warning("TikTok rejected %d event(s): %s", len(rows), _error_text(outcome))
+        events_failed.send(sender=TrackedEvent, tracked_event_ids=ids, permanent=True)
+    else:
+        schedule_retries(rows, outcome, answer, report, now)
+
+
+def schedule_retries(rows, outcome, answer, report, now):
+    """Back off each row by its attempt count; rows past the retry window become failed."""
+    base = float(conf.get("RETRY_BASE_DELAY"))
+    cap = float(conf.get("RETRY_MAX_DELAY"))
+    window = timedelta(hours=float(conf.get("MAX_RETRY_HOURS")))
+    error = _error_text(outcome)
+    exhausted = []
+    for attempts, group in groupby(sorted(rows, key=_attempts), _attempts):
+        delay = retry_delay(attempts, base, cap)
+        next_attempt_at = now + timedelta(seconds=delay)
+        waiting = []
+        for row in group:
+            (exhausted if next_attempt_at > row.created_at + window else waiting).append(row)
+        if waiting:
+            _update_claimed(
+                waiting,
+                status=Status.PENDING,
+                next_attempt_at=next_attempt_at,
+                last_error=error,
+                **answer,
+            )
+            report.retrying += len(waiting)
+            if report.next_retry_in is None or delay < report.next_retry_in:
+                report.next_retry_in = delay
+    if exhausted:
+        _update_claimed(
+            exhausted,
+            status=Status.FAILED,
+            last_error=(
+                f"Retry window of {conf.get('MAX_RETRY_HOURS')} h exhausted; last error: {error}"
+            ),
+            **answer,
+        )
+        report.failed += len(exhausted)
+        events_failed.send(
+            sender=TrackedEvent, tracked_event_ids=[r.pk for r in exhausted], permanent=False
+        )
+
+
+def mark_suppressed(row, reason):
+    _update_claimed(
+        [row],
+        status=Status.SUPPRESSED,
+        suppressed_reason=reason[:255],
+        lease_expires_at=None,
+        claim_token="",
+    )
+
+
+def _attempts(row):
+    return row.attempts
+
+
+def _update_claimed(rows, **values):
+    # The claim token guards against a late outcome overwriting a row that the sweeper has
+    # since handed to another worker.
+    tokens = {row.claim_token for row in rows}
+    return TrackedEvent.objects.filter(
+        pk__in=[row.pk for row in rows], claim_token__in=tokens
+    ).update(**values)
+
+
+def _error_text(outcome):
+    parts = []
+    if outcome.http_status is not None:
+        parts.append(f"HTTP {outcome.http_status}")
+    if outcome.code is not None:
+        parts.append(f"code {outcome.code}")
+    if outcome.message:
+        parts.append(outcome.message)
+    return ", ".join(parts) or outcome.kind
+
+
+def expire_leases(now=None):
+    """Return rows whose worker died mid-send to the queue; returns how many."""
+    now = now or timezone.now()
+    return TrackedEvent.objects.expired_leases(now).update(
+        status=Status.PENDING,
+        claim_token="",
+        lease_expires_at=None,
+        next_attempt_at=now,
+        last_error="Lease expired before an outcome was recorded; sending again.",
+        updated_at=now,
+    )
+
+
+def purge_personal_data(now=None, retention_days=None):
+    """Blank raw ip and user agent once delivery no longer needs them; returns rows touched."""
+    now = now or timezone.now()
+    days = conf.get("RETENTION_DAYS") if retention_days is None else retention_days
+    cutoff = now - timedelta(days=days)
+    finished = (Status.DELIVERED, Status.FAILED, Status.SUPPRESSED)
+    purged = 0
+    stale = TrackedEvent.objects.filter(
+        status__in=finished, updated_at__lt=cutoff, personal_data_purged_at__isnull=True
+    ).only("pk", "payload")
+    batch = []
+    for row in stale.iterator(chunk_size=500):
+        user = dict((row.payload or {}).get("user") or {})
+        user.pop("ip", None)
+        user.pop("user_agent", None)
+        row.payload = {**(row.payload or {}), "user": user} if row.payload else row.payload
+        row.personal_data_purged_at = now
+        batch.append(row)
+        if len(batch) >= 500:
+            purged += _save_purged(batch)
+            batch = []
+    purged += _save_purged(batch)
+
+    purged += CheckoutContext.objects.filter(
+        captured_at__lt=cutoff, personal_data_purged_at__isnull=True
+    ).update(ip=None, user_agent="", personal_data_purged_at=now)
+    return purged
+
+
+def _save_purged(rows):
+    if rows:
+        TrackedEvent.objects.bulk_update(rows, ["payload", "personal_data_purged_at"])
+    return len(rows)

@@ -1,0 +1,171 @@
+"""The outbox and delivery log (TrackedEvent), its attempt log, and captured checkout context."""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class TrackedEventQuerySet(models.QuerySet):
+    def due(self, now=None):
+        """Rows waiting to be sent whose next attempt time has come."""
+        return self.filter(
+            status=TrackedEvent.Status.PENDING, next_attempt_at__lte=now or timezone.now()
+        )
+
+    def expired_leases(self, now=None):
+        """Rows claimed by a worker that died or hung before recording an outcome."""
+        return self.filter(
+            status=TrackedEvent.Status.SENDING, lease_expires_at__lt=now or timezone.now()
+        )
+
+    def failed(self):
+        return self.filter(status=TrackedEvent.Status.FAILED)
+
+    def delivered(self):
+        return self.filter(status=TrackedEvent.Status.DELIVERED)
+
+    def for_order(self, order_id):
+        return self.filter(order_id=str(order_id))
+
+
+class TrackedEvent(models.Model):
+    """One event for one pixel: the outbox row while it waits, the delivery record after."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SENDING = "sending", _("Sending")
+        DELIVERED = "delivered", _("Delivered")
+        FAILED = "failed", _("Failed")
+        SUPPRESSED = "suppressed", _("Suppressed")
+
+    pixel_id = models.CharField(_("pixel id"), max_length=64)
+    event = models.CharField(_("event"), max_length=64, help_text=_("TikTok event name."))
+    event_id = models.CharField(
+        _("event id"),
+        max_length=255,
+        help_text=_("Shared by the browser and server lanes so TikTok deduplicates them."),
+    )
+    order_id = models.CharField(_("order id"), max_length=128, db_index=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    payload = models.JSONField(
+        _("payload"),
+        help_text=_("The Events API data item; match keys hashed, raw ip/user agent until purged."),
+    )
+    event_time = models.DateTimeField(_("event time"))
+    test_event_code = models.CharField(
+        _("test event code"),
+        max_length=64,
+        blank=True,
+        help_text=_("Sent with this test code instead of the configured one, when set."),
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), default=timezone.now)
+    lease_expires_at = models.DateTimeField(
+        _("lease expires at"),
+        null=True,
+        blank=True,
+        help_text=_("While sending: when the sweeper may take the row back from its worker."),
+    )
+    claim_token = models.CharField(_("claim token"), max_length=32, blank=True)
+    last_http_status = models.PositiveSmallIntegerField(
+        _("last HTTP status"), null=True, blank=True
+    )
+    last_code = models.IntegerField(_("last TikTok code"), null=True, blank=True)
+    last_message = models.TextField(_("last TikTok message"), blank=True)
+    last_request_id = models.CharField(_("last request id"), max_length=128, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    suppressed_reason = models.CharField(_("suppressed because"), max_length=255, blank=True)
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+    personal_data_purged_at = models.DateTimeField(
+        _("raw ip/user agent purged at"), null=True, blank=True
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = TrackedEventQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("tracked event")
+        verbose_name_plural = _("tracked events")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pixel_id", "event", "event_id"], name="tiktok_tracking_one_row_per_event"
+            )
+        ]
+        indexes = [
+            # The delivery claim and the sweeper each read one narrow slice of the table.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="tiktok_tracking_due",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="sending"),
+                name="tiktok_tracking_leased",
+            ),
+            models.Index(fields=["status", "created_at"], name="tiktok_tracking_status"),
+            models.Index(fields=["claim_token"], name="tiktok_tracking_claim"),
+        ]
+
+    def __str__(self):
+        return f"{self.event} {self.event_id} ({self.status})"
+
+
+class DeliveryAttempt(models.Model):
+    """Append-only log: one row per event per request made to the Events API."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", _("Delivered")
+        TRANSIENT = "transient", _("Transient error")
+        PERMANENT = "permanent", _("Permanent error")
+
+    tracked_event = models.ForeignKey(
+        TrackedEvent,
+        on_delete=models.CASCADE,
+        related_name="delivery_attempts",
+        verbose_name=_("tracked event"),
+    )
+    attempted_at = models.DateTimeField(_("attempted at"), default=timezone.now)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    batch_size = models.PositiveIntegerField(_("events in the request"))
+    http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    code = models.IntegerField(_("TikTok code"), null=True, blank=True)
+    message = models.TextField(_("message"), blank=True)
+    request_id = models.CharField(_("request id"), max_length=128, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+
+    class Meta:
+        verbose_name = _("delivery attempt")
+        verbose_name_plural = _("delivery attempts")
+        ordering = ["attempted_at", "pk"]
+
+    def __str__(self):
+        return f"{self.outcome} {self.code} {self.request_id}"
+
+
+class CheckoutContext(models.Model):
+    """Browser context captured at checkout, so a webhook without a request still sends it."""
+
+    order_id = models.CharField(_("order id"), max_length=128, unique=True)
+    ttclid = models.CharField(_("ttclid"), max_length=512, blank=True)
+    ttp = models.CharField(_("_ttp cookie"), max_length=512, blank=True)
+    ip = models.GenericIPAddressField(_("ip address"), null=True, blank=True)
+    user_agent = models.TextField(_("user agent"), blank=True)
+    page_url = models.TextField(_("page url"), blank=True)
+    referrer = models.TextField(_("referrer"), blank=True)
+    locale = models.CharField(_("locale"), max_length=35, blank=True)
+    captured_at = models.DateTimeField(_("captured at"), default=timezone.now, db_index=True)
+    personal_data_purged_at = models.DateTimeField(
+        _("raw ip/user agent purged at"), null=True, blank=True
+    )
+
+    class Meta:
+        verbose_name = _("checkout context")
+        verbose_name_plural = _("checkout contexts")
+
+    def __str__(self):
+        return f"context of order {self.order_id}"

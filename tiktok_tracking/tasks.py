@@ -1,0 +1,59 @@
+"""Celery tasks: deliver due events, sweep lost or stuck rows, purge raw personal data.
+
+Tasks take row ids only, never tokens or personal data: the broker is readable.
+"""
+
+import logging
+
+from celery import shared_task
+
+from tiktok_tracking import delivery
+
+logger = logging.getLogger(__name__)
+
+# Retries shorter than this are also scheduled as a Celery countdown so they happen on time;
+# longer ones wait for the sweeper, because a Redis broker re-delivers a task whose countdown
+# outlives its visibility timeout.
+MAX_WAKE_UP_COUNTDOWN = 300
+
+
+@shared_task(name="tiktok_tracking.deliver_events", acks_late=True, ignore_result=True)
+def deliver_events(tracked_event_ids=None):
+    """Deliver due events (the given ids among them, if still due) until none are left."""
+    report = delivery.deliver_due_events()
+    if report.claimed:
+        logger.info(
+            "TikTok delivery: %d claimed, %d delivered, %d retrying, %d failed, %d suppressed "
+            "in %d request(s)",
+            report.claimed,
+            report.delivered,
+            report.retrying,
+            report.failed,
+            report.suppressed,
+            report.requests,
+        )
+    if report.more_due:
+        deliver_events.apply_async()
+    elif report.next_retry_in is not None and report.next_retry_in <= MAX_WAKE_UP_COUNTDOWN:
+        deliver_events.apply_async(countdown=report.next_retry_in)
+    return None
+
+
+@shared_task(name="tiktok_tracking.sweep_outbox", acks_late=True, ignore_result=True)
+def sweep_outbox():
+    """Take back rows from dead workers and deliver rows whose task was lost."""
+    expired = delivery.expire_leases()
+    if expired:
+        logger.warning("TikTok sweeper: %d lease(s) expired, sending again", expired)
+    from tiktok_tracking.models import TrackedEvent
+
+    if TrackedEvent.objects.due().exists():
+        deliver_events.apply_async()
+
+
+@shared_task(name="tiktok_tracking.purge_personal_data", acks_late=True, ignore_result=True)
+def purge_personal_data():
+    """Blank raw ip and user agent on rows older than RETENTION_DAYS."""
+    purged = delivery.purge_personal_data()
+    if purged:
+        logger.info("TikTok purge: raw ip/user agent removed from %d row(s)", purged)
