@@ -1,0 +1,97 @@
+"""Test settings: SQLite and the server-less broker unless the environment names others."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import environ
+
+env = environ.Env()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# One scratch folder per test session, shared with the worker processes the tests start.
+RUN_DIR = Path(env.str("TIKTOK_TEST_RUN_DIR", default=tempfile.mkdtemp(prefix="tiktok-tests-")))
+os.environ.setdefault("TIKTOK_TEST_RUN_DIR", str(RUN_DIR))
+
+SECRET_KEY = "tests-only-secret-key"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_celery_beat",
+    "tiktok_tracking",
+    "tests.shop",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# SQLite by default, in a file so that worker processes share the test database.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{RUN_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / "test-db.sqlite3")}
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+# A worker process started by the tests is pointed at the test database by name.
+if env.str("TIKTOK_TEST_DB_NAME", default=""):
+    DATABASES["default"]["NAME"] = env.str("TIKTOK_TEST_DB_NAME")
+
+# Celery: the server-less filesystem broker unless CELERY_BROKER_URL names a real one.
+BROKER_DIR = RUN_DIR / "broker"
+BROKER_DIR.mkdir(parents=True, exist_ok=True)
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {
+        "data_folder_in": str(BROKER_DIR),
+        "data_folder_out": str(BROKER_DIR),
+        # Else the transport writes its broadcast exchanges into the working directory.
+        "control_folder": str(BROKER_DIR / "control"),
+    }
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {"socket_timeout": 5, "socket_connect_timeout": 2}
+)
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+TIKTOK_TRACKING = {
+    "PIXEL_ID": "CTESTPIXEL0001",
+    "ACCESS_TOKEN": env.str("TIKTOK_ACCESS_TOKEN", default="test-access-token-0123456789"),
+    "API_URL": env.str("TIKTOK_API_URL", default="http://127.0.0.1:9/open_api/v1.3/event/track/"),
+    "ORDER_ADAPTER": "tests.shop.adapters.ShopOrderAdapter",
+    # Short delays so that retries and leases play out within a test.
+    "TIMEOUT": 2.0,
+    "RETRY_BASE_DELAY": 0.5,
+    "RETRY_MAX_DELAY": 2.0,
+    "LEASE_SECONDS": 6,
+    "DRAIN_SECONDS": 5,
+    "SWEEP_INTERVAL": 1,
+}

@@ -1,0 +1,12 @@
+"""URLs of the test project: the admin and the test shop's checkout."""
+
+from django.contrib import admin
+from django.urls import path
+
+from tests.shop import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("checkout/", views.checkout, name="checkout"),
+    path("pay/<str:number>/", views.pay, name="pay"),
+]
