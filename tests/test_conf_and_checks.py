@@ -68,9 +68,11 @@ def test_legacy_purchase_name_is_accepted():
         assert checks.check_settings() == []
 
 
-def test_missing_broker_is_reported():
+def test_missing_broker_is_reported(monkeypatch):
     from tests.celery_app import app
 
+    # Celery reads the environment variable before its own setting.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     saved = app.conf.broker_url
     app.conf.broker_url = None
     try:
