@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.factories import assert_rejected, make_order
 from tiktok_tracking.adapters import (
     ISO_3166_ALPHA2_CODES,
     ISO_4217_CODES,
@@ -20,7 +21,7 @@ from tiktok_tracking.adapters import (
     clean_value,
     get_adapter_class,
 )
-from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
+from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
 
 
 class ShopAdapter(OrderAdapter):
@@ -41,29 +42,6 @@ class FakeRelatedManager:
 
     def all(self):
         return list(self.rows)
-
-
-def make_order(**overrides):
-    attributes = {
-        "order_id": 1007,
-        "total": Decimal("89.99"),
-        "currency": "usd",
-        "items": [SimpleNamespace(sku="SKU-123", name="Mug", quantity=1, price=Decimal("89.99"))],
-        "email": " Jane@Example.com ",
-        "phone": "+1 (415) 555-0100",
-        "customer_id": 42,
-        "country": "us",
-    }
-    attributes.update(overrides)
-    return SimpleNamespace(**attributes)
-
-
-def assert_rejected(call, field):
-    with pytest.raises(InvalidOrderData) as caught:
-        call()
-    assert caught.value.field == field
-    assert str(caught.value).startswith(f"{field}: ")
-    return caught.value
 
 
 # clean_order_id ---------------------------------------------------------------------------

@@ -39,6 +39,12 @@ def pay(client, number):
     return response
 
 
+def place_paid_order(number):
+    client = Client()
+    checkout(client, number)
+    pay(client, number)
+
+
 def row_of(number):
     return TrackedEvent.objects.get(order_id=number)
 
@@ -57,9 +63,7 @@ def track_requests(sandbox):
 
 def test_paid_order_is_delivered_once_by_a_real_worker(sandbox, start_worker):
     start_worker()
-    client = Client()
-    checkout(client, "1007")
-    pay(client, "1007")
+    place_paid_order("1007")
 
     row = wait_for_status("1007", Status.DELIVERED)
     requests = track_requests(sandbox)
@@ -89,9 +93,7 @@ def test_paid_order_is_delivered_once_by_a_real_worker(sandbox, start_worker):
 def test_rate_limit_then_ok_is_delivered_after_a_retry(sandbox, start_worker):
     start_worker()
     sandbox.program([{"code": 40100, "message": "Too many requests"}])
-    client = Client()
-    checkout(client, "2001")
-    pay(client, "2001")
+    place_paid_order("2001")
 
     row = wait_for_status("2001", Status.DELIVERED)
     assert row.attempts == 2
@@ -104,9 +106,7 @@ def test_parameter_error_fails_without_retry_and_shows_on_the_row(sandbox, start
     start_worker()
     message = "data.0.properties.contents.0.content_id: Not a valid string."
     sandbox.program([{"code": 40002, "message": message}])
-    client = Client()
-    checkout(client, "2002")
-    pay(client, "2002")
+    place_paid_order("2002")
 
     row = wait_for_status("2002", Status.FAILED, Status.DELIVERED)
     assert row.status == Status.FAILED
@@ -132,9 +132,7 @@ def test_server_errors_and_timeouts_back_off_then_deliver(
 ):
     start_worker()
     sandbox.program([fault, fault])
-    client = Client()
-    checkout(client, "2003")
-    pay(client, "2003")
+    place_paid_order("2003")
 
     row = wait_for_status("2003", Status.DELIVERED, timeout=40)
     attempts = list(row.delivery_attempts.order_by("attempted_at"))
@@ -150,9 +148,7 @@ def test_server_errors_and_timeouts_back_off_then_deliver(
 def test_ok_status_with_error_code_is_never_delivered(sandbox, start_worker):
     start_worker()
     sandbox.program([{"status": 200, "code": 51234, "message": "Unknown failure"}])
-    client = Client()
-    checkout(client, "2004")
-    pay(client, "2004")
+    place_paid_order("2004")
 
     row = wait_for_status("2004", Status.FAILED, Status.DELIVERED)
     assert row.status == Status.FAILED

@@ -6,12 +6,12 @@ import re
 from dataclasses import FrozenInstanceError, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.factories import assert_rejected, make_order
 from tiktok_tracking.adapters import OrderAdapter
 from tiktok_tracking.events import (
     LEGACY_EVENTS,
@@ -98,27 +98,6 @@ def make_facts(**overrides):
     }
     attributes.update(overrides)
     return OrderFacts(**attributes)
-
-
-def make_order(**overrides):
-    attributes = {
-        "number": "1007",
-        "total": Decimal("89.99"),
-        "currency": "usd",
-        "items": [SimpleNamespace(sku="SKU-123", name="Mug", quantity=1, price=Decimal("89.99"))],
-        "email": " Jane@Example.com ",
-        "phone": "+1 (415) 555-0100",
-        "customer_id": 42,
-        "country": "us",
-    }
-    attributes.update(overrides)
-    return SimpleNamespace(**attributes)
-
-
-def assert_rejected(call, field):
-    with pytest.raises(InvalidOrderData) as caught:
-        call()
-    assert caught.value.field == field
 
 
 # Event names ------------------------------------------------------------------------------
@@ -472,7 +451,7 @@ def test_build_event_properties(
     event, order_id, value, currency, items, email, phone, event_time, limited_data_use
 ):
     order = make_order(
-        number=order_id,
+        order_id=order_id,
         total=value,
         currency=currency,
         items=[],

@@ -27,22 +27,13 @@ def check_settings(app_configs=None, **kwargs):
     errors = []
     if not isinstance(user, dict):
         return [_error("E000", f"{conf.SETTING_NAME} must be a dict.")]
-    if not conf.get("PIXEL_ID"):
-        errors.append(
-            _error(
-                "E001",
-                f"{conf.SETTING_NAME}['PIXEL_ID'] is not set.",
-                hint="Set it to the pixel code from TikTok Events Manager.",
-            )
-        )
-    if not conf.get("ACCESS_TOKEN"):
-        errors.append(
-            _error(
-                "E002",
-                f"{conf.SETTING_NAME}['ACCESS_TOKEN'] is not set.",
-                hint="Read it from the environment; never commit it.",
-            )
-        )
+    required = (
+        ("E001", "PIXEL_ID", "Set it to the pixel code from TikTok Events Manager."),
+        ("E002", "ACCESS_TOKEN", "Read it from the environment; never commit it."),
+    )
+    for id_, key, hint in required:
+        if not conf.get(key):
+            errors.append(_error(id_, f"{conf.SETTING_NAME}[{key!r}] is not set.", hint=hint))
     if not is_valid_event_name(conf.get("PURCHASE_EVENT")):
         errors.append(
             _error(

@@ -36,8 +36,6 @@ DEFAULTS = {
     "RETENTION_DAYS": 7,
 }
 
-REQUIRED = ("PIXEL_ID", "ACCESS_TOKEN")
-
 
 def user_settings():
     """The shop's ``TIKTOK_TRACKING`` dict (empty if it has none)."""
