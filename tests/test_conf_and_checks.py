@@ -63,6 +63,27 @@ def test_misconfiguration_is_reported(overrides, expected):
         assert expected in ids(checks.check_settings())
 
 
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"UNKNOWN_COUNTRY_POLICY": "maybe"}, "tiktok_tracking.E010"),
+        ({"CONSENT_OPT_IN_COUNTRIES": "DE"}, "tiktok_tracking.E011"),
+        ({"CONSENT_LIMITED_DATA_USE_COUNTRIES": ("USA",)}, "tiktok_tracking.E011"),
+        ({"COUNTRY_RESOLVER": "no.such.resolver"}, "tiktok_tracking.E012"),
+        ({"TRUSTED_PROXIES": ("10.0.0.0/33",)}, "tiktok_tracking.E013"),
+    ],
+)
+def test_consent_misconfiguration_is_reported(overrides, expected):
+    with tracking(**overrides):
+        assert expected in ids(checks.check_consent_settings())
+
+
+def test_missing_middleware_is_a_warning(settings):
+    assert checks.check_consent_settings() == []
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "tiktok" not in m]
+    assert ids(checks.check_consent_settings()) == ["tiktok_tracking.W003"]
+
+
 def test_legacy_purchase_name_is_accepted():
     with tracking(PURCHASE_EVENT="CompletePayment"):
         assert checks.check_settings() == []

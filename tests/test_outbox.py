@@ -25,6 +25,7 @@ def make_order(number, total="89.99", **fields):
     order = Order.objects.create(
         number=number,
         email=fields.pop("email", "shopper@example.com"),
+        country=fields.pop("country", "US"),
         total=Decimal(total),
         **fields,
     )
@@ -106,7 +107,7 @@ def test_receiver_errors_never_reach_the_shop(caplog):
     with tracking(PIXEL_ID=None):
         pay(make_order("6"))  # does not raise
     assert not TrackedEvent.objects.exists()
-    assert "Could not record the TikTok purchase event" in caplog.text
+    assert "Could not record the TikTok Purchase event" in caplog.text
     assert TOKEN not in caplog.text
 
 
@@ -149,6 +150,7 @@ def _rows(n, now=None, **fields):
                 },
                 event_time=now,
                 next_attempt_at=now,
+                country=fields.get("country", "US"),
             )
             for i in range(n)
         ]

@@ -1,5 +1,7 @@
 """System checks: misconfiguration shows up in ``manage.py check`` as tiktok_tracking.E00x/W00x."""
 
+import ipaddress
+
 from django.apps import apps
 from django.core import checks
 from django.utils.module_loading import import_string
@@ -12,8 +14,12 @@ from tiktok_tracking.standards import MAX_BATCH_SIZE
 DEDUP_WINDOW_HOURS = 48
 
 
+MIDDLEWARE_PATH = "tiktok_tracking.middleware.TikTokTrackingMiddleware"
+
+
 def register():
     checks.register(check_settings, checks.Tags.compatibility)
+    checks.register(check_consent_settings, checks.Tags.compatibility)
     checks.register(check_broker, checks.Tags.compatibility)
 
 
@@ -118,6 +124,62 @@ def _check_numbers():
                 "E009",
                 f"{conf.SETTING_NAME}['LEASE_SECONDS'] must exceed twice TIMEOUT, or the "
                 "sweeper will take rows back from workers that are still sending them.",
+            )
+        )
+    return errors
+
+
+def check_consent_settings(app_configs=None, **kwargs):
+    from django.conf import settings
+
+    errors = []
+    policy = conf.get("UNKNOWN_COUNTRY_POLICY")
+    if policy not in ("opt_in", "opt_out"):
+        errors.append(
+            _error(
+                "E010",
+                f"{conf.SETTING_NAME}['UNKNOWN_COUNTRY_POLICY'] must be 'opt_in' or 'opt_out', "
+                f"not {policy!r}.",
+            )
+        )
+    for key in ("CONSENT_OPT_IN_COUNTRIES", "CONSENT_LIMITED_DATA_USE_COUNTRIES"):
+        codes = conf.get(key)
+        bad = [c for c in codes if not (isinstance(c, str) and len(c) == 2 and c.isalpha())]
+        if isinstance(codes, str) or bad:
+            errors.append(
+                _error(
+                    "E011",
+                    f"{conf.SETTING_NAME}[{key!r}] must be a list of ISO 3166-1 alpha-2 codes.",
+                )
+            )
+    resolver = conf.get("COUNTRY_RESOLVER")
+    if isinstance(resolver, str):
+        try:
+            import_string(resolver)
+        except ImportError as exc:
+            errors.append(
+                _error(
+                    "E012",
+                    f"{conf.SETTING_NAME}['COUNTRY_RESOLVER'] cannot be imported: {exc}",
+                )
+            )
+    try:
+        for network in conf.get("TRUSTED_PROXIES"):
+            ipaddress.ip_network(network, strict=False)
+    except (TypeError, ValueError) as exc:
+        errors.append(
+            _error(
+                "E013", f"{conf.SETTING_NAME}['TRUSTED_PROXIES'] is not a list of networks: {exc}"
+            )
+        )
+    if MIDDLEWARE_PATH not in getattr(settings, "MIDDLEWARE", ()):
+        errors.append(
+            _error(
+                "W003",
+                f"{MIDDLEWARE_PATH} is not in MIDDLEWARE: the ttclid of an ad click is not kept "
+                "for a later purchase.",
+                hint="Add it after SessionMiddleware.",
+                warning=True,
             )
         )
     return errors

@@ -9,6 +9,13 @@ SETTING_NAME = "TIKTOK_TRACKING"
 EVENTS_API_URL = "https://business-api.tiktok.com/open_api/v1.3/event/track/"
 PIXEL_SCRIPT_URL = "https://analytics.tiktok.com/i18n/pixel/events.js"
 
+# EU member states, the rest of the EEA (Iceland, Liechtenstein, Norway), the UK and Switzerland.
+EU_EEA_UK_CH = (
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
+    "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+    "IS", "LI", "NO", "GB", "CH",
+)  # fmt: skip
+
 DEFAULTS = {
     # Identity of the pixel and the Events API credentials. The token's setting name contains
     # "TOKEN" so Django's error reporter masks it in debug pages and error mails.
@@ -34,6 +41,27 @@ DEFAULTS = {
     "SWEEP_INTERVAL": 60,
     # Privacy: raw ip and user agent are blanked this many days after delivery or failure.
     "RETENTION_DAYS": 7,
+    # Consent. Opt-in countries (EU/EEA, UK, Switzerland) send nothing without a grant; other
+    # countries send unless the visitor denies; a denial in a limited-data-use country (US state
+    # privacy laws) sends with limited_data_use instead. A visitor whose country is unknown is
+    # treated as UNKNOWN_COUNTRY_POLICY says ("opt_in" is the safe choice under GDPR).
+    "CONSENT_OPT_IN_COUNTRIES": EU_EEA_UK_CH,
+    "CONSENT_LIMITED_DATA_USE_COUNTRIES": ("US",),
+    "UNKNOWN_COUNTRY_POLICY": "opt_in",
+    "CONSENT_POLICY_VERSION": "1",
+    # Where the visitor's country comes from: a callable path (request -> "DE" or None), and/or a
+    # request header set by a trusted edge (e.g. "HTTP_CF_IPCOUNTRY").
+    "COUNTRY_RESOLVER": None,
+    "COUNTRY_HEADER": None,
+    # Client ip: REMOTE_ADDR unless the request came through one of these proxies, in which case
+    # the right-most untrusted address of X-Forwarded-For is used.
+    "TRUSTED_PROXIES": (),
+    # How long the ttclid from a TikTok ad click is kept in a first-party cookie.
+    "TTCLID_COOKIE_DAYS": 28,
+    # Server-lane events recorded besides the purchase (same event_id as the browser's).
+    "SERVER_FUNNEL_EVENTS": ("InitiateCheckout",),
+    # How long a browser receipt token stays valid.
+    "RECEIPT_MAX_AGE_SECONDS": 2 * 24 * 3600,
 }
 
 

@@ -1,34 +1,59 @@
-"""Checkout context: ttclid, _ttp, ip, user agent and page read from a request, kept per order."""
+"""Checkout context: click id, cookies, ip, user agent, page and consent, kept per order."""
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import get_adapter_class
 from tiktok_tracking.events import BrowserContext
+from tiktok_tracking.visitor import TTP_COOKIE, client_ip, get_visitor
 
-TTCLID_PARAM = "ttclid"
-TTCLID_COOKIE = "ttclid"
-TTP_COOKIE = "_ttp"
+
+@dataclass(frozen=True)
+class ConsentSnapshot:
+    """The visitor's consent as it stood at checkout, kept with the order."""
+
+    visitor_id: str = ""
+    consent_status: str | None = None
+    country: str | None = None
+    limited_data_use: bool = False
 
 
 def _first_locale(accept_language):
     first = accept_language.split(",", 1)[0].split(";", 1)[0].strip()
-    return first if first and first != "*" else None
+    return first[:35] if first and first != "*" else None
 
 
 def context_from_request(request):
     """The browser context a request carries; empty values become None."""
     meta = request.META
+    visitor = get_visitor(request)
     return BrowserContext(
-        ttclid=request.GET.get(TTCLID_PARAM) or request.COOKIES.get(TTCLID_COOKIE) or None,
+        ttclid=visitor.ttclid,
         ttp=request.COOKIES.get(TTP_COOKIE) or None,
-        ip=meta.get("REMOTE_ADDR") or None,
+        ip=client_ip(
+            meta.get("REMOTE_ADDR"),
+            meta.get("HTTP_X_FORWARDED_FOR"),
+            conf.get("TRUSTED_PROXIES"),
+        ),
         user_agent=meta.get("HTTP_USER_AGENT") or None,
         page_url=request.build_absolute_uri(),
         referrer=meta.get("HTTP_REFERER") or None,
         locale=_first_locale(meta.get("HTTP_ACCEPT_LANGUAGE", "")),
+    )
+
+
+def snapshot_from_request(request, country=None):
+    """The consent snapshot of the request's visitor (the order's country wins if known)."""
+    visitor = get_visitor(request)
+    country = country or visitor.country
+    decision = visitor.decision()
+    return ConsentSnapshot(
+        visitor_id=visitor.visitor_id,
+        consent_status=visitor.consent_status,
+        country=country,
+        limited_data_use=decision.limited_data_use,
     )
 
 
@@ -45,7 +70,7 @@ def merge_contexts(fresh, stored):
     )
 
 
-def save_context(order_id, context):
+def save_context(order_id, context, snapshot):
     """Store (or refresh) the context of one order."""
     from tiktok_tracking.models import CheckoutContext
 
@@ -59,6 +84,10 @@ def save_context(order_id, context):
             "page_url": context.page_url or "",
             "referrer": context.referrer or "",
             "locale": context.locale or "",
+            "visitor_id": snapshot.visitor_id,
+            "consent_status": snapshot.consent_status or "",
+            "country": snapshot.country or "",
+            "limited_data_use": snapshot.limited_data_use,
             "captured_at": timezone.now(),
             "personal_data_purged_at": None,
         },
@@ -66,13 +95,13 @@ def save_context(order_id, context):
 
 
 def stored_context(order_id):
-    """The context captured for an order, or None if nothing was captured."""
+    """The context and consent snapshot captured for an order, or (None, None)."""
     from tiktok_tracking.models import CheckoutContext
 
     row = CheckoutContext.objects.filter(order_id=order_id).first()
     if row is None:
-        return None
-    return BrowserContext(
+        return None, None
+    context = BrowserContext(
         ttclid=row.ttclid or None,
         ttp=row.ttp or None,
         ip=row.ip or None,
@@ -81,11 +110,34 @@ def stored_context(order_id):
         referrer=row.referrer or None,
         locale=row.locale or None,
     )
+    snapshot = ConsentSnapshot(
+        visitor_id=row.visitor_id,
+        consent_status=row.consent_status or None,
+        country=row.country or None,
+        limited_data_use=row.limited_data_use,
+    )
+    return context, snapshot
 
 
 def capture_context(request, order):
-    """Store the browser context of ``order`` for its later purchase event; returns it."""
+    """Store the browser context and consent of ``order`` for its later server events.
+
+    Also records the server-lane funnel events (``SERVER_FUNNEL_EVENTS``, InitiateCheckout by
+    default) with the same event_id that ``{% tiktok_track ... order=order %}`` renders.
+    """
+    from tiktok_tracking.receivers import record_order_event
+
     adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
     context = context_from_request(request)
-    save_context(adapter.order_id(), context)
+    snapshot = snapshot_from_request(request, country=_order_country(adapter))
+    save_context(adapter.order_id(), context, snapshot)
+    for event in conf.get("SERVER_FUNNEL_EVENTS"):
+        record_order_event(event, order, context=context, snapshot=snapshot)
     return context
+
+
+def _order_country(adapter):
+    try:
+        return adapter.country()
+    except ValueError:
+        return None

@@ -6,7 +6,7 @@ import re
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from itertools import groupby
 
@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.client import DELIVERED, PERMANENT, EventsApiClient
-from tiktok_tracking.consent import server_lane_decision
+from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.events import build_request_body
-from tiktok_tracking.models import CheckoutContext, DeliveryAttempt, TrackedEvent
+from tiktok_tracking.models import CheckoutContext, ConsentRecord, DeliveryAttempt, TrackedEvent
 from tiktok_tracking.signals import events_delivered, events_failed
 from tiktok_tracking.standards import CODE_INVALID_PARAMETER
 
@@ -118,13 +118,16 @@ def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
 def send_claimed(rows, client, report):
     """Re-check consent, then send the claimed rows, one request per pixel and test code."""
     sendable = []
-    for row in rows:
-        decision = server_lane_decision(row)
-        if decision.allowed:
-            sendable.append(row)
-        else:
+    for row, decision in consent_at_send_time(rows):
+        if not decision.allowed:
             mark_suppressed(row, decision.reason)
             report.suppressed += 1
+            continue
+        if decision.limited_data_use and not row.payload.get("limited_data_use"):
+            # A US visitor who opted out after paying: sent, but with processing limited.
+            row.payload = {**row.payload, "limited_data_use": True}
+            TrackedEvent.objects.filter(pk=row.pk).update(payload=row.payload)
+        sendable.append(row)
     configured_code = conf.get("TEST_EVENT_CODE") or None
 
     def request_key(row):
@@ -132,6 +135,25 @@ def send_claimed(rows, client, report):
 
     for (pixel_id, test_code), group in groupby(sorted(sendable, key=request_key), request_key):
         send_group(client, pixel_id, test_code or None, list(group), report)
+
+
+def consent_at_send_time(rows):
+    """Pair each row with the consent decision that holds now (one query for the batch).
+
+    The visitor's latest recorded choice wins over the snapshot taken at checkout, so a
+    withdrawal between payment and delivery stops the event.
+    """
+    latest = ConsentRecord.latest_statuses(row.visitor_id for row in rows if row.visitor_id)
+    policy = policy_from_settings()
+    for row in rows:
+        recorded = row.consent_status or None
+        status = latest.get(row.visitor_id, recorded)
+        decision = decide(policy, lane=SERVER, country=row.country or None, status=status)
+        if not decision.allowed and status != recorded:
+            decision = replace(
+                decision, reason=f"consent changed before delivery: {decision.reason}"
+            )
+        yield row, decision
 
 
 def send_group(client, pixel_id, test_event_code, rows, report):

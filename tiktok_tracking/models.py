@@ -78,6 +78,25 @@ class TrackedEvent(models.Model):
     last_request_id = models.CharField(_("last request id"), max_length=128, blank=True)
     last_error = models.TextField(_("last error"), blank=True)
     suppressed_reason = models.CharField(_("suppressed because"), max_length=255, blank=True)
+    visitor_id = models.CharField(
+        _("visitor id"),
+        max_length=64,
+        blank=True,
+        help_text=_("First-party visitor id whose latest consent is re-checked at send time."),
+    )
+    country = models.CharField(_("country"), max_length=2, blank=True)
+    consent_status = models.CharField(
+        _("consent at record time"),
+        max_length=16,
+        blank=True,
+        help_text=_("granted, denied, or blank when the visitor was never asked."),
+    )
+    browser_seen_at = models.DateTimeField(
+        _("browser receipt at"),
+        null=True,
+        blank=True,
+        help_text=_("When the thank-you page reported that the pixel fired this event."),
+    )
     delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
     personal_data_purged_at = models.DateTimeField(
         _("raw ip/user agent purged at"), null=True, blank=True
@@ -158,6 +177,10 @@ class CheckoutContext(models.Model):
     page_url = models.TextField(_("page url"), blank=True)
     referrer = models.TextField(_("referrer"), blank=True)
     locale = models.CharField(_("locale"), max_length=35, blank=True)
+    visitor_id = models.CharField(_("visitor id"), max_length=64, blank=True)
+    consent_status = models.CharField(_("consent at checkout"), max_length=16, blank=True)
+    country = models.CharField(_("country"), max_length=2, blank=True)
+    limited_data_use = models.BooleanField(_("limited data use"), default=False)
     captured_at = models.DateTimeField(_("captured at"), default=timezone.now, db_index=True)
     personal_data_purged_at = models.DateTimeField(
         _("raw ip/user agent purged at"), null=True, blank=True
@@ -169,3 +192,66 @@ class CheckoutContext(models.Model):
 
     def __str__(self):
         return f"context of order {self.order_id}"
+
+
+class ConsentRecord(models.Model):
+    """Append-only log of a visitor's consent choices; the latest row is the current state."""
+
+    class Status(models.TextChoices):
+        GRANTED = "granted", _("Granted")
+        DENIED = "denied", _("Denied")
+
+    visitor_id = models.CharField(_("visitor id"), max_length=64)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices)
+    source = models.CharField(
+        _("source"), max_length=32, help_text=_("Where the choice was made: banner, cmp, api ...")
+    )
+    policy_version = models.CharField(_("policy version"), max_length=32)
+    country = models.CharField(_("country"), max_length=2, blank=True)
+    created_at = models.DateTimeField(_("recorded at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("consent record")
+        verbose_name_plural = _("consent records")
+        indexes = [
+            models.Index(
+                fields=["visitor_id", "-created_at"], name="tiktok_tracking_consent_latest"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.visitor_id}: {self.status}"
+
+    @classmethod
+    def latest_statuses(cls, visitor_ids):
+        """{visitor_id: latest status} for the given visitors, in one query."""
+        latest = {}
+        rows = (
+            cls.objects.filter(visitor_id__in=set(visitor_ids))
+            .order_by("visitor_id", "created_at", "pk")
+            .values_list("visitor_id", "status")
+        )
+        for visitor_id, status in rows:
+            latest[visitor_id] = status  # ordered oldest first: the last one wins
+        return latest
+
+
+class BrowserReceipt(models.Model):
+    """The thank-you page's report that the pixel fired an event; one per event, never replayed."""
+
+    pixel_id = models.CharField(_("pixel id"), max_length=64)
+    event = models.CharField(_("event"), max_length=64)
+    event_id = models.CharField(_("event id"), max_length=255)
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("browser receipt")
+        verbose_name_plural = _("browser receipts")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pixel_id", "event", "event_id"], name="tiktok_tracking_one_receipt"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.event} {self.event_id} seen {self.received_at:%Y-%m-%d %H:%M}"

@@ -8,10 +8,13 @@ from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import get_adapter_class
+from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.context import (
+    ConsentSnapshot,
     context_from_request,
     merge_contexts,
     save_context,
+    snapshot_from_request,
     stored_context,
 )
 from tiktok_tracking.events import build_event, event_id_for, read_order
@@ -29,38 +32,57 @@ def connect():
 
 def on_payment_completed(sender, order, request=None, event_id_suffix=None, **kwargs):
     """Record the purchase; never raise into the shop's payment code."""
+    return record_order_event(
+        conf.get("PURCHASE_EVENT"), order, request=request, event_id_suffix=event_id_suffix
+    )
+
+
+def record_order_event(event_name, order, *, request=None, context=None, snapshot=None, **kw):
+    """Record one server-lane event of an order; log, never raise, on failure.
+
+    Returns the TrackedEvent row, or None when nothing could be recorded.
+    """
     if not conf.get("ENABLED"):
         return None
     try:
-        return record_purchase(order, request=request, event_id_suffix=event_id_suffix)
+        return _record(event_name, order, request=request, context=context, snapshot=snapshot, **kw)
     except Exception:
         # The payment has succeeded; losing the checkout over tracking would be worse than
         # losing the event. The error is logged loudly and the reconcile command finds the gap.
-        logger.exception("Could not record the TikTok purchase event of an order")
+        logger.exception("Could not record the TikTok %s event of an order", event_name)
         return None
 
 
-def record_purchase(order, *, request=None, event_id_suffix=None, now=None):
-    """Write the purchase row for ``order`` (once) and enqueue its delivery after commit.
-
-    Returns the TrackedEvent row, new or existing.
-    """
-    from tiktok_tracking.models import TrackedEvent
+def _record(event_name, order, *, request, context, snapshot, event_id_suffix=None, now=None):
+    from tiktok_tracking.models import BrowserReceipt, TrackedEvent
 
     now = now or timezone.now()
     pixel_id = conf.require("PIXEL_ID")
-    event_name = conf.get("PURCHASE_EVENT")
     adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
     order_id = adapter.order_id()
     event_id = event_id_for(event_name, order_id, event_id_suffix)
 
-    # A webhook or cron has no browser request: it sends what the checkout captured.
-    context = stored_context(order_id)
-    if request is not None:
-        context = merge_contexts(context_from_request(request), context)
-        save_context(order_id, context)
+    if context is None:
+        # A webhook or cron has no browser request: it sends what the checkout captured.
+        context, snapshot = stored_context(order_id)
+        if request is not None:
+            context = merge_contexts(context_from_request(request), context)
+            snapshot = snapshot_from_request(request, country=snapshot and snapshot.country)
+            save_context(order_id, context, snapshot)
+    snapshot = snapshot or ConsentSnapshot()
 
-    defaults = {"order_id": order_id, "event_time": now, "next_attempt_at": now}
+    defaults = {
+        "order_id": order_id,
+        "event_time": now,
+        "next_attempt_at": now,
+        "visitor_id": snapshot.visitor_id,
+        "consent_status": snapshot.consent_status or "",
+        "browser_seen_at": BrowserReceipt.objects.filter(
+            pixel_id=pixel_id, event=event_name, event_id=event_id
+        )
+        .values_list("received_at", flat=True)
+        .first(),
+    }
     try:
         facts = read_order(adapter)
     except InvalidOrderData as exc:
@@ -70,12 +92,27 @@ def record_purchase(order, *, request=None, event_id_suffix=None, now=None):
         defaults.update(
             status=TrackedEvent.Status.FAILED,
             payload={},
+            country=snapshot.country or "",
             last_error=f"Invalid order data: {exc}",
         )
     else:
-        defaults["payload"] = build_event(
-            event_name, facts, event_time=now, context=context, event_id_suffix=event_id_suffix
+        country = facts.country or snapshot.country
+        decision = decide(
+            policy_from_settings(), lane=SERVER, country=country, status=snapshot.consent_status
         )
+        defaults["country"] = country or ""
+        defaults["payload"] = build_event(
+            event_name,
+            facts,
+            event_time=now,
+            context=context,
+            event_id_suffix=event_id_suffix,
+            limited_data_use=decision.limited_data_use or snapshot.limited_data_use,
+        )
+        if not decision.allowed:
+            defaults.update(
+                status=TrackedEvent.Status.SUPPRESSED, suppressed_reason=decision.reason
+            )
 
     with transaction.atomic():
         row, created = TrackedEvent.objects.get_or_create(
