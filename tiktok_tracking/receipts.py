@@ -1,0 +1,52 @@
+"""Browser receipts: a signed token per rendered event, and recording that the pixel fired it."""
+
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tiktok_tracking import conf
+
+SALT = "tiktok_tracking.receipt"
+
+
+class InvalidReceipt(ValueError):
+    """The token is forged, malformed or expired."""
+
+
+def receipt_token(pixel_id, event, event_id):
+    """A token the page sends back to prove this server rendered this event (HMAC, timestamped)."""
+    return signing.TimestampSigner(salt=SALT).sign_object([pixel_id, event, event_id])
+
+
+def read_receipt_token(token, max_age=None):
+    """The (pixel_id, event, event_id) a token was signed for; InvalidReceipt otherwise."""
+    max_age = conf.get("RECEIPT_MAX_AGE_SECONDS") if max_age is None else max_age
+    try:
+        value = signing.TimestampSigner(salt=SALT).unsign_object(token, max_age=max_age)
+    except signing.SignatureExpired as exc:
+        raise InvalidReceipt("expired") from exc
+    except (signing.BadSignature, ValueError, TypeError) as exc:
+        raise InvalidReceipt("bad signature") from exc
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
+        raise InvalidReceipt("malformed")
+    return tuple(value)
+
+
+def record_receipt(pixel_id, event, event_id, now=None):
+    """Record that the browser fired this event; False if it was already recorded (a replay)."""
+    from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+
+    now = now or timezone.now()
+    try:
+        with transaction.atomic():
+            BrowserReceipt.objects.create(
+                pixel_id=pixel_id, event=event, event_id=event_id, received_at=now
+            )
+    except IntegrityError:
+        return False
+    # The server row may not exist yet (the payment webhook often arrives after the thank-you
+    # page); the receiver copies the receipt's time when it creates the row.
+    TrackedEvent.objects.filter(
+        pixel_id=pixel_id, event=event, event_id=event_id, browser_seen_at__isnull=True
+    ).update(browser_seen_at=now)
+    return True

@@ -1,0 +1,75 @@
+"""The consent endpoint for the shop's banner or CMP, and the browser receipt endpoint."""
+
+import json
+
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from tiktok_tracking import conf
+from tiktok_tracking.consent import STATUSES
+from tiktok_tracking.receipts import InvalidReceipt, read_receipt_token, record_receipt
+from tiktok_tracking.visitor import get_visitor, set_consent_cookie
+
+MAX_RECEIPT_BYTES = 2048
+MAX_SOURCE_LENGTH = 32
+
+
+def _error(status, message):
+    return JsonResponse({"ok": False, "error": message}, status=status)
+
+
+@require_POST
+def consent(request):
+    """Record the visitor's choice (``status`` = granted or denied) and remember it in a cookie.
+
+    CSRF-protected: a third-party page must not be able to grant consent for a visitor.
+    """
+    from tiktok_tracking.models import ConsentRecord
+
+    status = request.POST.get("status", "")
+    if status not in STATUSES:
+        return _error(400, "status must be 'granted' or 'denied'")
+    source = request.POST.get("source", "banner")[:MAX_SOURCE_LENGTH] or "banner"
+    visitor = get_visitor(request)
+    ConsentRecord.objects.create(
+        visitor_id=visitor.visitor_id,
+        status=status,
+        source=source,
+        policy_version=str(conf.get("CONSENT_POLICY_VERSION")),
+        country=visitor.country or "",
+    )
+    visitor.consent_status = status
+    decision = visitor.decision()
+    response = JsonResponse(
+        {
+            "ok": True,
+            "status": status,
+            "allowed": decision.allowed,
+            "limited_data_use": decision.limited_data_use,
+        }
+    )
+    set_consent_cookie(response, status)
+    return response
+
+
+@csrf_exempt  # sendBeacon cannot send a CSRF header; the signed token is the proof instead.
+@require_POST
+def receipt(request):
+    """Accept the thank-you page's report that the pixel fired an event."""
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if length > MAX_RECEIPT_BYTES:
+        return _error(413, "receipt too large")
+    body = request.read(MAX_RECEIPT_BYTES + 1)
+    if len(body) > MAX_RECEIPT_BYTES:
+        return _error(413, "receipt too large")
+    try:
+        token = json.loads(body.decode("utf-8"))["token"]
+        pixel_id, event, event_id = read_receipt_token(token)
+    except (ValueError, KeyError, TypeError, InvalidReceipt):
+        return _error(400, "invalid receipt")
+    if not get_visitor(request).decision().allowed:
+        return _error(403, "no consent for tracking")
+    if not record_receipt(pixel_id, event, event_id):
+        return _error(409, "receipt already recorded")
+    return JsonResponse({"ok": True, "event_id": event_id}, status=201)
