@@ -1,0 +1,1 @@
+"""Template tags of the browser lane: ``{% load tiktok_tracking %}``."""

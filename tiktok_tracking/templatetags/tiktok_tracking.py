@@ -1,0 +1,311 @@
+"""The browser lane's template tags: the TikTok pixel, funnel events and the purchase.
+
+``{% tiktok_pixel %}`` must come first on the page (in ``<head>``): it defines ``window.ttq``,
+which ``{% tiktok_track %}`` and ``{% tiktok_purchase %}`` call. Whenever the pixel may not run
+(no pixel id, no request, no consent) every tag renders an HTML comment saying why, so a
+developer viewing the page source can tell "off" from "broken".
+"""
+
+import logging
+import uuid
+
+from django import template
+from django.middleware.csrf import get_token
+from django.template.base import kwarg_re
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
+
+from tiktok_tracking import conf
+from tiktok_tracking.adapters import clean_value, get_adapter_class
+from tiktok_tracking.events import event_id_for, is_valid_event_name, order_properties, read_order
+from tiktok_tracking.exceptions import InvalidOrderData
+from tiktok_tracking.hashing import hash_email, hash_external_id, hash_phone
+from tiktok_tracking.receipts import receipt_token
+from tiktok_tracking.script_json import script_json
+from tiktok_tracking.standards import ALLOWED_EVENTS, PURCHASE_EVENT_NAMES
+from tiktok_tracking.visitor import get_visitor
+
+register = template.Library()
+logger = logging.getLogger(__name__)
+
+PIXEL_TEMPLATE = "tiktok_tracking/pixel.html"
+TRACK_TEMPLATE = "tiktok_tracking/track.html"
+
+# Events rendered without an order (ViewContent, AddToCart...) have nothing to derive an id
+# from, and the server lane does not send them, so a random id cannot split a merge.
+RANDOM_EVENT_ID_PREFIX = "evt_"
+TRACK_OPTIONS = frozenset({"event_id", "order"})
+# TikTok reads these properties as numbers and these as strings ("891" and 891 do not match).
+NUMBER_PROPERTIES = frozenset({"value", "price"})
+STRING_PROPERTIES = frozenset({"content_id", "order_id", "shop_id"})
+
+
+# Shared by the tags ---------------------------------------------------------------------------
+
+
+def comment_text(text) -> str:
+    """``text`` made harmless inside an HTML comment: no ``<``, ``>`` or ``--`` to end it early."""
+    text = str(text).replace("<", "").replace(">", "")
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text
+
+
+def _comment(subject, state, reason):
+    return format_html(
+        "<!-- TikTok {}: {} ({}) -->", comment_text(subject), state, comment_text(reason)
+    )
+
+
+def _browser_lane(context):
+    """``(request, decision, off_reason)``: off_reason is None when the pixel may render."""
+    request = context.get("request")
+    if request is None:
+        return None, None, "no request in template context"
+    if not conf.get("PIXEL_ID"):
+        return request, None, "no PIXEL_ID set"
+    decision = get_visitor(request).decision()
+    # A held pixel still renders: it queues events and sends them if the visitor agrees.
+    if not decision.allowed and not decision.hold:
+        return request, decision, decision.reason
+    return request, decision, None
+
+
+def _csp_nonce(request):
+    # django-csp's attribute; it is lazy, and reading it is what asks for a nonce in the header.
+    nonce = getattr(request, "csp_nonce", None)
+    return str(nonce) if nonce else None
+
+
+def _endpoint(name):
+    try:
+        return reverse(f"tiktok_tracking:{name}")
+    except NoReverseMatch:
+        # The shop has not included tiktok_tracking.urls: the pixel works without the endpoints.
+        return None
+
+
+def _render(context, template_name, data):
+    # The engine rendering the page, not the default one: a shop may configure several.
+    tag_template = context.template.engine.get_template(template_name)
+    return tag_template.render(template.Context(data, autoescape=True))
+
+
+def _is_missing(order):
+    # A variable the template cannot resolve arrives as "" (string_if_invalid's default).
+    return order is None or (isinstance(order, str) and order == "")
+
+
+def _adapter(order):
+    return get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
+
+
+# {% tiktok_pixel %} ---------------------------------------------------------------------------
+
+
+@register.simple_tag(takes_context=True)
+def tiktok_pixel(context, email=None, phone=None, external_id=None):
+    """The TikTok base code, consent calls, ``ttq.load``, ``ttq.page`` and ``tiktokTracking``.
+
+    ``email``, ``phone`` and ``external_id`` of a known customer are sent hashed with
+    ``ttq.identify`` when consent allows; the raw values never reach the page.
+    """
+    request, decision, off_reason = _browser_lane(context)
+    if off_reason:
+        return _comment("pixel", "off", off_reason)
+    pixel_id = str(conf.get("PIXEL_ID"))
+    identity = {}
+    # A held pixel sends nothing yet, and the visitor may still refuse: keep them out of the page.
+    if decision.allowed:
+        hashed = (
+            ("sha256_email", hash_email(email or None)),
+            ("sha256_phone_number", hash_phone(phone or None)),
+            ("external_id", hash_external_id(external_id if external_id != "" else None)),
+        )
+        identity = {key: value for key, value in hashed if value}
+    config = {
+        "pixelId": pixel_id,
+        "scriptUrl": conf.get("PIXEL_SCRIPT_URL"),
+        "hold": decision.hold,
+        "limitedDataUse": decision.limited_data_use,
+        "consentUrl": _endpoint("consent"),
+        "receiptUrl": _endpoint("receipt"),
+        "csrfToken": get_token(request),
+    }
+    return _render(
+        context,
+        PIXEL_TEMPLATE,
+        {
+            "nonce": _csp_nonce(request),
+            "config": script_json(config),
+            "pixel_id": script_json(pixel_id),
+            "hold": decision.hold,
+            "limited_data_use": decision.limited_data_use,
+            "identity": script_json(identity) if identity else "",
+        },
+    )
+
+
+# {% tiktok_track "ViewContent" key=value ... %} -----------------------------------------------
+
+
+@register.tag("tiktok_track")
+def do_tiktok_track(parser, token):
+    """Compile ``{% tiktok_track "Name" key=value ... [event_id=...] [order=...] %}``."""
+    bits = token.split_contents()
+    tag_name = bits[0]
+    if len(bits) < 2:
+        raise template.TemplateSyntaxError(
+            f'{tag_name} needs an event name: {{% {tag_name} "ViewContent" %}}'
+        )
+    event = _literal_event_name(tag_name, bits[1])
+    arguments = {}
+    for bit in bits[2:]:
+        match = kwarg_re.match(bit)
+        if not match or not match.group(1):
+            raise template.TemplateSyntaxError(
+                f"{tag_name} takes key=value arguments after the event name, got {bit!r}"
+            )
+        key, value = match.groups()
+        if key in arguments:
+            raise template.TemplateSyntaxError(f"{tag_name} got {key!r} twice")
+        arguments[key] = parser.compile_filter(value)
+    if arguments.keys() >= TRACK_OPTIONS:
+        raise template.TemplateSyntaxError(
+            f"{tag_name} takes event_id or order, not both: order derives the event_id"
+        )
+    return TrackNode(event, arguments)
+
+
+def _literal_event_name(tag_name, bit):
+    # Only a literal can be checked while the template compiles, which is when a typo should show.
+    if len(bit) < 2 or bit[0] not in "\"'" or bit[-1] != bit[0]:
+        raise template.TemplateSyntaxError(
+            f"{tag_name}: the event name must be a quoted literal such as 'ViewContent', got {bit}"
+        )
+    event = bit[1:-1]
+    if not is_valid_event_name(event):
+        raise template.TemplateSyntaxError(
+            f"{tag_name}: {event!r} is not a TikTok standard event. "
+            f"Use one of: {', '.join(sorted(ALLOWED_EVENTS - PURCHASE_EVENT_NAMES))}."
+        )
+    if event in PURCHASE_EVENT_NAMES:
+        # A purchase needs the order's event_id and a receipt, and must follow the payment.
+        raise template.TemplateSyntaxError(
+            f"{tag_name} does not send purchases: use {{% tiktok_purchase order %}}"
+        )
+    return event
+
+
+def _event_properties(values):
+    """The tag's keyword values as TikTok properties; empty values are left out."""
+    properties = {}
+    for key, value in values.items():
+        if value is None or (isinstance(value, str) and value == ""):
+            continue
+        if key in NUMBER_PROPERTIES:
+            # The conversion order_properties makes, so "12.50" and Decimal("12.50") send 12.5.
+            value = float(clean_value(value, field=key))
+        elif key in STRING_PROPERTIES and isinstance(value, (int, uuid.UUID)):
+            value = str(value)
+        properties[key] = value
+    return properties
+
+
+def _explicit_event_id(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, uuid.UUID)):
+        raise InvalidOrderData("event_id", f"must be a string, not {type(value).__name__}")
+    event_id = str(value).strip()
+    if not event_id:
+        raise InvalidOrderData("event_id", "must not be empty")
+    return event_id
+
+
+class TrackNode(template.Node):
+    """Renders ``ttq.track(event, properties, {event_id})`` for one funnel event."""
+
+    def __init__(self, event, arguments):
+        self.event = event
+        self.arguments = arguments
+
+    def render(self, context):
+        request, _decision, off_reason = _browser_lane(context)
+        if off_reason:
+            return _comment(self.event, "not sent", off_reason)
+        values = {key: value.resolve(context) for key, value in self.arguments.items()}
+        order = values.pop("order", None)
+        explicit_event_id = values.pop("event_id", None)
+        properties = {}
+        try:
+            if "order" in self.arguments:
+                if _is_missing(order):
+                    return _comment(self.event, "not sent", "no order in template context")
+                # The same id and properties the server lane records, so TikTok merges the two.
+                facts = read_order(_adapter(order))
+                properties = order_properties(facts)
+                event_id = event_id_for(self.event, facts.order_id)
+            elif "event_id" in self.arguments:
+                event_id = _explicit_event_id(explicit_event_id)
+            else:
+                event_id = f"{RANDOM_EVENT_ID_PREFIX}{uuid.uuid4().hex}"
+        except InvalidOrderData as exc:
+            return _comment(self.event, "not sent", f"invalid order data: {exc.field}")
+        except Exception:
+            logger.exception("Could not read the order for the TikTok %s event", self.event)
+            return _comment(self.event, "not sent", "the order could not be read, see the log")
+        try:
+            properties.update(_event_properties(values))
+            encoded_properties = script_json(properties)
+        except InvalidOrderData as exc:
+            return _comment(self.event, "not sent", f"invalid property: {exc.field}")
+        except (TypeError, ValueError):
+            return _comment(self.event, "not sent", "a property cannot be sent as JSON")
+        return _render(
+            context,
+            TRACK_TEMPLATE,
+            {
+                "nonce": _csp_nonce(request),
+                "event": script_json(self.event),
+                "properties": encoded_properties,
+                "options": script_json({"event_id": event_id}),
+            },
+        )
+
+
+# {% tiktok_purchase order %} ------------------------------------------------------------------
+
+
+@register.simple_tag(takes_context=True)
+def tiktok_purchase(context, order, suffix=None):
+    """The purchase of ``order`` with the server lane's event_id and properties, and its receipt.
+
+    ``suffix`` marks a second charge on the same order (``"upsell_1"``). Invalid order data
+    renders a comment naming the field: tracking must never break the thank-you page.
+    """
+    request, _decision, off_reason = _browser_lane(context)
+    if off_reason:
+        return _comment("purchase", "not sent", off_reason)
+    event = conf.get("PURCHASE_EVENT")
+    if _is_missing(order):
+        return _comment("purchase", "not sent", "no order in template context")
+    try:
+        facts = read_order(_adapter(order))
+        event_id = event_id_for(event, facts.order_id, suffix)
+        properties = order_properties(facts)
+    except InvalidOrderData as exc:
+        return _comment("purchase", "not sent", f"invalid order data: {exc.field}")
+    except Exception:
+        logger.exception("Could not read the order for the TikTok %s event", event)
+        return _comment("purchase", "not sent", "the order could not be read, see the log")
+    pixel_id = str(conf.get("PIXEL_ID"))
+    return _render(
+        context,
+        TRACK_TEMPLATE,
+        {
+            "nonce": _csp_nonce(request),
+            "event": script_json(event),
+            "properties": script_json(properties),
+            "options": script_json({"event_id": event_id}),
+            "receipt": script_json(receipt_token(pixel_id, event, event_id)),
+        },
+    )
