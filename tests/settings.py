@@ -20,6 +20,7 @@ TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "/static/"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -36,7 +37,9 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "tiktok_tracking.middleware.TikTokTrackingMiddleware",
 ]
 
 TEMPLATES = [
@@ -87,6 +90,8 @@ TIKTOK_TRACKING = {
     "ACCESS_TOKEN": env.str("TIKTOK_ACCESS_TOKEN", default="test-access-token-0123456789"),
     "API_URL": env.str("TIKTOK_API_URL", default="http://127.0.0.1:9/open_api/v1.3/event/track/"),
     "ORDER_ADAPTER": "tests.shop.adapters.ShopOrderAdapter",
+    # Nothing listens there: offline, events.js never loads and window.ttq stays a queue.
+    "PIXEL_SCRIPT_URL": "http://127.0.0.1:9/events.js",
     # Short delays so that retries and leases play out within a test.
     "TIMEOUT": 2.0,
     "RETRY_BASE_DELAY": 0.5,
@@ -94,4 +99,9 @@ TIKTOK_TRACKING = {
     "LEASE_SECONDS": 6,
     "DRAIN_SECONDS": 5,
     "SWEEP_INTERVAL": 1,
+    # The test shop's country switch: a cookie, as a shop behind no geo-IP edge might do it.
+    "COUNTRY_RESOLVER": "tests.shop.views.country_from_cookie",
+    # One event per order keeps the delivery tests about the purchase; the funnel event has
+    # tests of its own.
+    "SERVER_FUNNEL_EVENTS": (),
 }

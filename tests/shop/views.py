@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from django.db import transaction
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, render
 from django.views.decorators.csrf import csrf_exempt
 
 from tests.shop.models import Order, OrderLine
@@ -20,7 +20,7 @@ def checkout(request):
             number=data["number"],
             email=data.get("email", ""),
             phone=data.get("phone", ""),
-            country=data.get("country", ""),
+            country=data.get("country", "US"),
             currency=data.get("currency", "USD"),
             total=Decimal(data.get("total", "89.99")),
         )
@@ -29,6 +29,19 @@ def checkout(request):
         )
     capture_context(request, order)
     return JsonResponse({"number": order.number})
+
+
+def country_from_cookie(request):
+    return request.COOKIES.get("country")
+
+
+def home(request):
+    return render(request, "shop/home.html")
+
+
+def thanks(request, number):
+    order = get_object_or_404(Order, number=number)
+    return render(request, "shop/thanks.html", {"order": order})
 
 
 @csrf_exempt

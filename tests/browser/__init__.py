@@ -1,0 +1,1 @@
+"""Browser tests: real headless Chromium driving pages that load the TikTok pixel."""

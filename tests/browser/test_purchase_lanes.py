@@ -1,0 +1,114 @@
+"""Both lanes in real headless Chromium: pixel and server send one purchase with one event_id."""
+
+import pytest
+
+from tests.browser.conftest import read_ttq_queue, wait_for_js
+from tests.conftest import wait_until
+from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+
+Status = TrackedEvent.Status
+
+# Checkout and payment go through the browser's own fetch, so the server lane sees the same
+# visitor (cookies, consent) as the pixel.
+PLACE_ORDER_JS = """
+const [number, done] = [arguments[0], arguments[arguments.length - 1]];
+const form = new FormData();
+form.append("number", number);
+form.append("email", "shopper@example.com");
+form.append("country", "DE");
+fetch("/checkout/?ttclid=click-e2e", {method: "POST", body: form})
+  .then(() => fetch("/pay/" + number + "/", {method: "POST"}))
+  .then((response) => done(response.status), (error) => done(String(error)));
+"""
+
+CONSENT_JS = """
+const [choice, done] = [arguments[0], arguments[arguments.length - 1]];
+window.tiktokTracking[choice]().then(() => done("ok"), (error) => done(String(error)));
+"""
+
+
+def open_shop_in_germany(browser, live_server):
+    browser.get(live_server.url + "/")
+    browser.add_cookie({"name": "country", "value": "DE", "path": "/"})
+    browser.get(live_server.url + "/")
+    # An opt-in region with no choice yet: the pixel holds everything until a grant.
+    assert ["holdConsent"] in read_ttq_queue(browser)
+
+
+def choose(browser, choice):
+    browser.set_script_timeout(10)
+    assert browser.execute_async_script(CONSENT_JS, choice) == "ok"
+
+
+def place_order(browser, number):
+    assert browser.execute_async_script(PLACE_ORDER_JS, number) == 200
+
+
+def purchase_calls(queue):
+    return [entry for entry in queue if entry[:2] == ["track", "Purchase"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pixel_and_server_send_the_same_event_id_and_the_receipt_arrives(
+    browser, live_server, sandbox, start_worker
+):
+    start_worker()
+    open_shop_in_germany(browser, live_server)
+    choose(browser, "grant")
+    place_order(browser, "E2E-1")
+
+    browser.get(f"{live_server.url}/thanks/E2E-1/")
+    wait_for_js(browser, "Array.isArray(window.ttq)")
+    calls = purchase_calls(read_ttq_queue(browser))
+    assert len(calls) == 1
+    _, _, properties, options = calls[0]
+    assert options == {"event_id": "order_E2E-1"}
+
+    delivered = wait_until(
+        lambda: [e for e in sandbox.events() if e["event"] == "Purchase"],
+        timeout=30,
+        message="the server lane to deliver the purchase",
+    )
+    assert [e["event_id"] for e in delivered] == [options["event_id"]]
+    server_item = delivered[0]["item"]
+    assert properties["value"] == server_item["properties"]["value"]
+    assert properties["currency"] == server_item["properties"]["currency"]
+    assert properties["contents"] == server_item["properties"]["contents"]
+    assert server_item["user"]["ttclid"] == "click-e2e"
+
+    receipt = wait_until(
+        lambda: BrowserReceipt.objects.filter(event_id="order_E2E-1").first(),
+        timeout=15,
+        message="the browser receipt",
+    )
+    assert receipt.event == "Purchase"
+    row = wait_until(
+        lambda: TrackedEvent.objects.filter(
+            event_id="order_E2E-1", browser_seen_at__isnull=False
+        ).first(),
+        message="the receipt on the row",
+    )
+    assert row.status == Status.DELIVERED
+
+    # A reload renders the same id, and a replayed receipt is refused.
+    browser.get(f"{live_server.url}/thanks/E2E-1/")
+    wait_for_js(browser, "Array.isArray(window.ttq)")
+    assert purchase_calls(read_ttq_queue(browser))[0][3] == {"event_id": "order_E2E-1"}
+    assert BrowserReceipt.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_consent_denied_nothing_is_tracked_in_either_lane(browser, live_server, sandbox):
+    open_shop_in_germany(browser, live_server)
+    choose(browser, "deny")
+    place_order(browser, "E2E-2")
+
+    browser.get(f"{live_server.url}/thanks/E2E-2/")
+    assert "TikTok pixel: off" in browser.page_source
+    assert [e for e in read_ttq_queue(browser) if e and e[0] == "track"] == []
+
+    row = TrackedEvent.objects.get(event_id="order_E2E-2")
+    assert row.status == Status.SUPPRESSED
+    assert "denied" in row.suppressed_reason
+    assert not BrowserReceipt.objects.exists()
+    assert sandbox.events() == []
