@@ -85,3 +85,14 @@ def require(name):
             f"{SETTING_NAME}[{name!r}] is required but not set."
         )
     return value
+
+
+def public_settings():
+    """The effective settings with the access token reduced to whether it is set."""
+    values = {key: get(key) for key in DEFAULTS}
+    values["ACCESS_TOKEN"] = "set" if values["ACCESS_TOKEN"] else "not set"
+    # Callables (a COUNTRY_RESOLVER given as a function) are recorded by name.
+    return {
+        key: (f"{value.__module__}.{value.__qualname__}" if callable(value) else value)
+        for key, value in values.items()
+    }

@@ -196,6 +196,16 @@ def build_event(
     return item
 
 
+# The user fields TikTok matches on, in the bit order of TrackedEvent.match_keys.
+MATCH_KEYS = ("email", "phone", "external_id", "ttclid", "ttp", "ip", "user_agent")
+
+
+def match_key_mask(item: dict) -> int:
+    """A bitmask of the match keys an Events API item carries (bit i = ``MATCH_KEYS[i]``)."""
+    user = item.get("user") or {}
+    return sum(1 << bit for bit, key in enumerate(MATCH_KEYS) if user.get(key))
+
+
 def build_request_body(
     pixel_id: str,
     items: list[dict],

@@ -91,6 +91,11 @@ class TrackedEvent(models.Model):
         blank=True,
         help_text=_("granted, denied, or blank when the visitor was never asked."),
     )
+    match_keys = models.PositiveSmallIntegerField(
+        _("match keys"),
+        default=0,
+        help_text=_("Bitmask of the user match keys sent (see events.MATCH_KEYS)."),
+    )
     browser_seen_at = models.DateTimeField(
         _("browser receipt at"),
         null=True,
@@ -109,6 +114,7 @@ class TrackedEvent(models.Model):
     class Meta:
         verbose_name = _("tracked event")
         verbose_name_plural = _("tracked events")
+        permissions = [("send_trackedevent", _("Can send tracked events to TikTok from the admin"))]
         constraints = [
             models.UniqueConstraint(
                 fields=["pixel_id", "event", "event_id"], name="tiktok_tracking_one_row_per_event"
@@ -128,6 +134,14 @@ class TrackedEvent(models.Model):
             ),
             models.Index(fields=["status", "created_at"], name="tiktok_tracking_status"),
             models.Index(fields=["claim_token"], name="tiktok_tracking_claim"),
+            # One index behind each admin search and filter, ordered like the list.
+            models.Index(fields=["event_id"], name="tiktok_tracking_event_id"),
+            models.Index(fields=["last_request_id"], name="tiktok_tracking_request_id"),
+            models.Index(fields=["event", "created_at"], name="tiktok_tracking_event"),
+            models.Index(fields=["country", "created_at"], name="tiktok_tracking_country"),
+            models.Index(fields=["consent_status", "created_at"], name="tiktok_tracking_consent"),
+            models.Index(fields=["last_code", "created_at"], name="tiktok_tracking_code"),
+            models.Index(fields=["browser_seen_at"], name="tiktok_tracking_browser_seen"),
         ]
 
     def __str__(self):
@@ -255,3 +269,19 @@ class BrowserReceipt(models.Model):
 
     def __str__(self):
         return f"{self.event} {self.event_id} seen {self.received_at:%Y-%m-%d %H:%M}"
+
+
+class ConfigChange(models.Model):
+    """A record of the tracking configuration each time it changes (the token only as set/unset)."""
+
+    recorded_at = models.DateTimeField(_("recorded at"), default=timezone.now, db_index=True)
+    fingerprint = models.CharField(_("fingerprint"), max_length=64)
+    settings = models.JSONField(_("settings"))
+
+    class Meta:
+        verbose_name = _("configuration change")
+        verbose_name_plural = _("configuration changes")
+        ordering = ["-recorded_at", "-pk"]
+
+    def __str__(self):
+        return f"configuration of {self.recorded_at:%Y-%m-%d %H:%M}"

@@ -17,7 +17,7 @@ from tiktok_tracking.context import (
     snapshot_from_request,
     stored_context,
 )
-from tiktok_tracking.events import build_event, event_id_for, read_order
+from tiktok_tracking.events import build_event, event_id_for, match_key_mask, read_order
 from tiktok_tracking.exceptions import InvalidOrderData
 from tiktok_tracking.signals import payment_completed
 
@@ -109,6 +109,7 @@ def _record(event_name, order, *, request, context, snapshot, event_id_suffix=No
             event_id_suffix=event_id_suffix,
             limited_data_use=decision.limited_data_use or snapshot.limited_data_use,
         )
+        defaults["match_keys"] = match_key_mask(defaults["payload"])
         if not decision.allowed:
             defaults.update(
                 status=TrackedEvent.Status.SUPPRESSED, suppressed_reason=decision.reason

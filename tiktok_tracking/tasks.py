@@ -41,7 +41,10 @@ def deliver_events(tracked_event_ids=None):
 
 @shared_task(name="tiktok_tracking.sweep_outbox", acks_late=True, ignore_result=True)
 def sweep_outbox():
-    """Take back rows from dead workers and deliver rows whose task was lost."""
+    """Take back rows from dead workers, deliver rows whose task was lost, log config changes."""
+    from tiktok_tracking.config_log import record_config_if_changed
+
+    record_config_if_changed()
     expired = delivery.expire_leases()
     if expired:
         logger.warning("TikTok sweeper: %d lease(s) expired, sending again", expired)
