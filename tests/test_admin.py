@@ -1,0 +1,213 @@
+"""The admin: delivery log, verdicts, masked payloads, permissioned actions, per-order panel."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from tests.shop.models import Order
+from tiktok_tracking.admin import masked_payload
+from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
+
+Status = TrackedEvent.Status
+LIST_URL = "/admin/tiktok_tracking/trackedevent/"
+EMAIL_HASH = "a" * 64
+
+
+def make_rows(n, status=Status.DELIVERED, **fields):
+    now = timezone.now()
+    rows = TrackedEvent.objects.bulk_create(
+        [
+            TrackedEvent(
+                pixel_id="CTESTPIXEL0001",
+                event="Purchase",
+                event_id=f"order_{fields.get('prefix', '')}{i}",
+                order_id=f"{fields.get('prefix', '')}{i}",
+                status=status,
+                payload={
+                    "event": "Purchase",
+                    "event_id": f"order_{i}",
+                    "user": {"email": EMAIL_HASH, "ip": "203.0.113.77", "user_agent": "UA/77"},
+                },
+                event_time=fields.get("event_time", now),
+                country=["US", "DE", "FR"][i % 3],
+                consent_status="granted",
+                last_code=0 if status == Status.DELIVERED else 40002,
+                last_message="OK" if status == Status.DELIVERED else "data.0.x: bad",
+                last_request_id=f"req-{i}",
+                browser_seen_at=now if i % 2 else None,
+            )
+            for i in range(n)
+        ]
+    )
+    return rows
+
+
+def staff(username, *perms):
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def admin_client_(db):
+    user = User.objects.create_superuser("root", "root@example.com", "pw")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_masked_payload_hides_personal_data():
+    shown = masked_payload(
+        {"user": {"email": EMAIL_HASH, "phone": [EMAIL_HASH], "ip": "1.2.3.4", "user_agent": "UA"}}
+    )
+    assert shown["user"] == {
+        "email": "aaaaaaaa…",
+        "phone": ["aaaaaaaa…"],
+        "ip": "(hidden)",
+        "user_agent": "(hidden)",
+    }
+    assert masked_payload({"user": {}}, purged=True)["user"]["ip"] == "(purged)"
+
+
+@pytest.mark.django_db
+def test_list_shows_status_verdict_and_answer(admin_client_):
+    make_rows(2)
+    html = admin_client_.get(LIST_URL).content.decode()
+    assert "Both lanes, same id: will merge" in html
+    assert "Server only" in html
+    assert "req-1" in html
+    assert "203.0.113.77" not in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status=failed",
+        "verdict=merged",
+        "verdict=browser_only",
+        "browser=seen",
+        "event=Purchase",
+        "consent_status=granted",
+        "country=DE",
+        "last_code=40002",
+        "created_at__gte=2020-01-01+00:00:00%2B00:00",
+        "q=req-1",
+        "q=order_1",
+    ],
+)
+def test_every_filter_and_search_works(admin_client_, query):
+    make_rows(4)
+    make_rows(2, status=Status.FAILED, prefix="f")
+    response = admin_client_.get(f"{LIST_URL}?{query}")
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_list_query_count_does_not_grow_with_rows(admin_client_):
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client_.get(f"{LIST_URL}?status=delivered").status_code == 200
+        return len(captured)
+
+    make_rows(3, prefix="a")
+    few = queries()
+    make_rows(120, prefix="b")
+    assert queries() == few
+
+
+@pytest.mark.django_db
+def test_detail_page_masks_payload_and_shows_attempts(admin_client_):
+    row = make_rows(1)[0]
+    DeliveryAttempt.objects.create(
+        tracked_event=row, outcome="transient", batch_size=1, http_status=503, message="busy"
+    )
+    html = admin_client_.get(f"{LIST_URL}{row.pk}/change/").content.decode()
+    assert "aaaaaaaa…" in html and EMAIL_HASH not in html
+    assert "203.0.113.77" not in html and "UA/77" not in html
+    assert "busy" in html and "503" in html
+    assert "test-access-token" not in html
+
+
+@pytest.mark.django_db
+def test_view_only_staff_can_look_but_not_send():
+    rows = make_rows(1, status=Status.FAILED)
+    client = staff("viewer", "view_trackedevent")
+    response = client.get(LIST_URL)
+    assert response.status_code == 200
+    assert "resend" not in response.content.decode()
+    client.post(LIST_URL, {"action": "resend", "_selected_action": [rows[0].pk]})
+    assert TrackedEvent.objects.get().status == Status.FAILED
+    assert client.get(f"{LIST_URL}{rows[0].pk}/change/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_staff_without_view_permission_is_refused():
+    make_rows(1)
+    client = staff("nobody")
+    assert client.get(LIST_URL).status_code == 403
+    assert client.get(f"{LIST_URL}dashboard/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_resend_requeues_with_the_same_event_id_and_refuses_old_rows(
+    django_capture_on_commit_callbacks,
+):
+    fresh = make_rows(1, status=Status.FAILED, prefix="new")[0]
+    old = make_rows(
+        1, status=Status.FAILED, prefix="old", event_time=timezone.now() - timedelta(hours=49)
+    )[0]
+    client = staff("sender", "view_trackedevent", "send_trackedevent")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post(
+            LIST_URL, {"action": "resend", "_selected_action": [fresh.pk, old.pk]}, follow=True
+        )
+    html = response.content.decode()
+    assert "1 event queued to be sent again" in html
+    assert "older than 48 h" in html
+    fresh.refresh_from_db()
+    old.refresh_from_db()
+    assert (fresh.status, fresh.event_id) == (Status.PENDING, "order_new0")
+    assert old.status == Status.FAILED
+    assert len(callbacks) == 1
+
+
+@pytest.mark.django_db
+def test_send_with_test_code_needs_the_setting(settings):
+    row = make_rows(1, status=Status.FAILED)[0]
+    client = staff("sender", "view_trackedevent", "send_trackedevent")
+    data = {"action": "resend_with_test_code", "_selected_action": [row.pk]}
+    html = client.post(LIST_URL, data, follow=True).content.decode()
+    assert "TEST_EVENT_CODE" in html
+    settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "TEST_EVENT_CODE": "TEST42"}
+    client.post(LIST_URL, data)
+    row.refresh_from_db()
+    assert (row.status, row.test_event_code) == (Status.PENDING, "TEST42")
+
+
+@pytest.mark.django_db
+def test_mark_suppressed_records_who(admin_client_):
+    row = make_rows(1, status=Status.FAILED)[0]
+    admin_client_.post(LIST_URL, {"action": "mark_suppressed", "_selected_action": [row.pk]})
+    row.refresh_from_db()
+    assert row.status == Status.SUPPRESSED
+    assert "root" in row.suppressed_reason
+
+
+@pytest.mark.django_db
+def test_order_admin_panel_shows_the_order_s_events(admin_client_):
+    order = Order.objects.create(number="77", total=Decimal("5.00"))
+    make_rows(1)
+    TrackedEvent.objects.update(order_id="77", event_id="order_77")
+    html = admin_client_.get(f"/admin/shop/order/{order.pk}/change/").content.decode()
+    assert "TikTok tracking" in html
+    assert "order_77" in html and "Server only" in html

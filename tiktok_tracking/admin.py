@@ -1,0 +1,406 @@
+"""Admin: the delivery log with dedup verdicts, resend actions, a per-order panel, the dashboard."""
+
+import json
+from datetime import timedelta
+from functools import partial
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db import connection, transaction
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from tiktok_tracking import conf
+from tiktok_tracking.dashboard import dashboard_view
+from tiktok_tracking.dedup import VERDICTS, dedup_verdict, verdict_filter
+from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
+from tiktok_tracking.receivers import enqueue_delivery
+
+Status = TrackedEvent.Status
+
+# TikTok deduplicates repeats of an event_id only within 48 hours: a resend after that counts twice.
+RESEND_WINDOW = timedelta(hours=48)
+
+STATUS_COLOURS = {
+    Status.PENDING: "#946c00",
+    Status.SENDING: "#1f6fb2",
+    Status.DELIVERED: "#2e7d32",
+    Status.FAILED: "#c62828",
+    Status.SUPPRESSED: "#6d6d6d",
+}
+VERDICT_COLOURS = {
+    "merged": "#2e7d32",
+    "server_only": "#1f6fb2",
+    "browser_only": "#946c00",
+    "suppressed": "#6d6d6d",
+    "pending": "#946c00",
+    "failed": "#c62828",
+}
+HASH_PREFIX = 8
+
+
+def badge(text, colour):
+    return format_html(
+        '<span style="display:inline-block;padding:1px 6px;border-radius:8px;'
+        'color:#fff;background:{};font-size:11px;white-space:nowrap">{}</span>',
+        colour,
+        text,
+    )
+
+
+def masked_payload(payload, purged=False):
+    """The payload as the admin shows it: hashes shortened, raw ip and user agent hidden (pure)."""
+    shown = json.loads(json.dumps(payload or {}))
+    user = shown.setdefault("user", {})
+    for key in ("email", "phone", "external_id"):
+        values = user.get(key)
+        if isinstance(values, str):
+            user[key] = values[:HASH_PREFIX] + "…"
+        elif isinstance(values, list):
+            user[key] = [str(v)[:HASH_PREFIX] + "…" for v in values]
+    for key in ("ip", "user_agent"):
+        if key in user:
+            user[key] = "(hidden)"
+        elif purged:
+            user[key] = "(purged)"
+    for key in ("ttclid", "ttp"):
+        if isinstance(user.get(key), str) and len(user[key]) > 12:
+            user[key] = user[key][:12] + "…"
+    return shown
+
+
+class VerdictFilter(admin.SimpleListFilter):
+    title = _("dedup verdict")
+    parameter_name = "verdict"
+
+    def lookups(self, request, model_admin):
+        return list(VERDICTS.items())
+
+    def queryset(self, request, queryset):
+        if self.value() in VERDICTS:
+            return queryset.filter(verdict_filter(self.value()))
+        return queryset
+
+
+class BrowserLaneFilter(admin.SimpleListFilter):
+    title = _("browser lane")
+    parameter_name = "browser"
+
+    def lookups(self, request, model_admin):
+        return [("seen", _("Receipt seen")), ("unseen", _("No receipt"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "seen":
+            return queryset.filter(browser_seen_at__isnull=False)
+        if self.value() == "unseen":
+            return queryset.filter(browser_seen_at__isnull=True)
+        return queryset
+
+
+class EstimatedCountPaginator(Paginator):
+    """On PostgreSQL an unfiltered list counts from the planner's estimate, not COUNT(*)."""
+
+    @cached_property
+    def count(self):
+        query = getattr(self.object_list, "query", None)
+        if connection.vendor == "postgresql" and query is not None and not query.where:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                    [TrackedEvent._meta.db_table],
+                )
+                row = cursor.fetchone()
+            if row and row[0] and row[0] > 10_000:
+                return int(row[0])
+        return super().count
+
+
+class DeliveryAttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    extra = 0
+    can_delete = False
+    ordering = ("attempted_at", "pk")
+    fields = (
+        "attempted_at",
+        "outcome",
+        "http_status",
+        "code",
+        "message",
+        "request_id",
+        "batch_size",
+        "duration_ms",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TrackedEvent)
+class TrackedEventAdmin(admin.ModelAdmin):
+    list_display = (
+        "order_id",
+        "event",
+        "event_id",
+        "status_badge",
+        "browser_lane",
+        "verdict_badge",
+        "attempts",
+        "last_code",
+        "short_message",
+        "last_request_id",
+        "consent_status",
+        "country",
+        "created_at",
+    )
+    list_filter = (
+        "status",
+        VerdictFilter,
+        BrowserLaneFilter,
+        "event",
+        "consent_status",
+        "country",
+        "last_code",
+        ("created_at", admin.DateFieldListFilter),
+    )
+    # Exact matches keep every search on an index, even with millions of rows.
+    search_fields = ("=order_id", "=event_id", "=last_request_id")
+    search_help_text = _("Exact order id, event_id or TikTok request_id.")
+    ordering = ("-created_at", "-pk")
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    list_per_page = 50
+    actions = ("resend", "resend_with_test_code", "mark_suppressed")
+    inlines = (DeliveryAttemptInline,)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "order_id",
+                    "event",
+                    "event_id",
+                    "pixel_id",
+                    "status_badge",
+                    "verdict_badge",
+                    "browser_seen_at",
+                )
+            },
+        ),
+        (
+            _("Delivery"),
+            {
+                "fields": (
+                    "attempts",
+                    "next_attempt_at",
+                    "delivered_at",
+                    "last_http_status",
+                    "last_code",
+                    "last_message",
+                    "last_request_id",
+                    "last_error",
+                    "test_event_code",
+                )
+            },
+        ),
+        (
+            _("Consent"),
+            {"fields": ("consent_status", "country", "suppressed_reason", "visitor_id")},
+        ),
+        (_("Payload (personal data masked)"), {"fields": ("payload_masked",)}),
+        (_("Timestamps"), {"fields": ("event_time", "created_at", "updated_at")}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        return [name for fieldset in self.fieldsets for name in fieldset[1]["fields"]]
+
+    def get_queryset(self, request):
+        # The list never needs the payload: leave the largest column in the database.
+        queryset = super().get_queryset(request)
+        if request.resolver_match and request.resolver_match.url_name.endswith("changelist"):
+            queryset = queryset.defer("payload")
+        return queryset
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # Rows change only through the actions below, which need the send permission.
+        return False
+
+    def has_send_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.send_trackedevent")
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(partial(dashboard_view, model_admin=self))
+        name = f"{self.opts.app_label}_{self.opts.model_name}_dashboard"
+        return [path("dashboard/", view, name=name), *super().get_urls()]
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj):
+        return badge(obj.get_status_display(), STATUS_COLOURS.get(obj.status, "#555"))
+
+    @admin.display(description=_("browser lane"), ordering="browser_seen_at")
+    def browser_lane(self, obj):
+        return _("seen") if obj.browser_seen_at else "—"
+
+    @admin.display(description=_("dedup verdict"))
+    def verdict_badge(self, obj):
+        verdict = dedup_verdict(obj.status, obj.browser_seen_at is not None)
+        label = VERDICTS[verdict]
+        if verdict == "suppressed" and obj.suppressed_reason:
+            label = f"{label}: {obj.suppressed_reason}"
+        return badge(label, VERDICT_COLOURS[verdict])
+
+    @admin.display(description=_("last message"))
+    def short_message(self, obj):
+        message = obj.last_message or obj.last_error
+        return message if len(message) <= 60 else message[:60] + "…"
+
+    @admin.display(description=_("payload"))
+    def payload_masked(self, obj):
+        shown = masked_payload(obj.payload, purged=obj.personal_data_purged_at is not None)
+        return format_html("<pre>{}</pre>", json.dumps(shown, indent=2, ensure_ascii=False))
+
+    def _resend(self, request, queryset, test_event_code):
+        now = timezone.now()
+        sendable, refused = [], []
+        for row in queryset.only("pk", "status", "event_time", "payload", "event_id"):
+            if not row.payload:
+                refused.append((row, _("no payload (invalid order data)")))
+            elif row.status in (Status.PENDING, Status.SENDING):
+                refused.append((row, _("already queued")))
+            elif now - row.event_time > RESEND_WINDOW:
+                refused.append(
+                    (row, _("older than 48 h: TikTok would count it twice, not deduplicate it"))
+                )
+            else:
+                sendable.append(row.pk)
+        with transaction.atomic():
+            TrackedEvent.objects.filter(pk__in=sendable).update(
+                status=Status.PENDING,
+                next_attempt_at=now,
+                claim_token="",
+                lease_expires_at=None,
+                suppressed_reason="",
+                test_event_code=test_event_code,
+                updated_at=now,
+            )
+            if sendable:
+                transaction.on_commit(partial(enqueue_delivery, sendable), robust=True)
+        if sendable:
+            self.message_user(
+                request,
+                ngettext(
+                    "%d event queued to be sent again with the same event_id.",
+                    "%d events queued to be sent again with the same event_ids.",
+                    len(sendable),
+                )
+                % len(sendable),
+                messages.SUCCESS,
+            )
+        for row, reason in refused:
+            self.message_user(
+                request, format_html("Not resent: {} ({})", row.event_id, reason), messages.WARNING
+            )
+
+    @admin.action(description=_("Resend (same event_id)"), permissions=["send"])
+    def resend(self, request, queryset):
+        self._resend(request, queryset, test_event_code="")
+
+    @admin.action(description=_("Send with the test event code"), permissions=["send"])
+    def resend_with_test_code(self, request, queryset):
+        code = conf.get("TEST_EVENT_CODE")
+        if not code:
+            self.message_user(
+                request,
+                _("Set TIKTOK_TRACKING['TEST_EVENT_CODE'] (from Events Manager) first."),
+                messages.ERROR,
+            )
+            return
+        self._resend(request, queryset, test_event_code=code)
+
+    @admin.action(description=_("Mark as suppressed"), permissions=["send"])
+    def mark_suppressed(self, request, queryset):
+        reason = f"suppressed in the admin by {request.user.get_username()}"[:255]
+        count = queryset.exclude(status__in=(Status.DELIVERED, Status.SENDING)).update(
+            status=Status.SUPPRESSED, suppressed_reason=reason, updated_at=timezone.now()
+        )
+        self.message_user(
+            request,
+            ngettext("%d event marked as suppressed.", "%d events marked as suppressed.", count)
+            % count,
+            messages.SUCCESS,
+        )
+
+
+class TikTokOrderAdminMixin:
+    """Adds a "TikTok tracking" panel to a shop's OrderAdmin: that order's events and verdicts.
+
+    class OrderAdmin(TikTokOrderAdminMixin, admin.ModelAdmin): ...
+    """
+
+    tiktok_order_id_field = None  # defaults to the configured order adapter's order_id()
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*super().get_readonly_fields(request, obj), "tiktok_tracking_panel")
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        if "tiktok_tracking_panel" in fields:
+            fields.remove("tiktok_tracking_panel")
+        return [*fields, "tiktok_tracking_panel"]
+
+    def tiktok_order_id(self, obj):
+        if self.tiktok_order_id_field:
+            return str(getattr(obj, self.tiktok_order_id_field))
+        from tiktok_tracking.adapters import get_adapter_class
+
+        return get_adapter_class(conf.get("ORDER_ADAPTER"))(obj).order_id()
+
+    @admin.display(description=_("TikTok tracking"))
+    def tiktok_tracking_panel(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        rows = list(
+            TrackedEvent.objects.for_order(self.tiktok_order_id(obj))
+            .defer("payload")
+            .order_by("created_at", "pk")
+        )
+        if not rows:
+            return _("No TikTok events recorded for this order.")
+        body = format_html_join(
+            "",
+            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    reverse("admin:tiktok_tracking_trackedevent_change", args=[row.pk]),
+                    row.event,
+                    row.event_id,
+                    badge(row.get_status_display(), STATUS_COLOURS.get(row.status, "#555")),
+                    VERDICTS[dedup_verdict(row.status, row.browser_seen_at is not None)],
+                    row.last_message or row.suppressed_reason or row.last_error or "",
+                )
+                for row in rows
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>"
+            "</thead><tbody>{}</tbody></table>",
+            _("event"),
+            _("event_id"),
+            _("status"),
+            _("dedup verdict"),
+            _("TikTok's answer"),
+            body,
+        )
