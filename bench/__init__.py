@@ -1,0 +1,1 @@
+"""Benchmarks run by hand against a real database; not part of the test suite."""
