@@ -101,6 +101,83 @@ class BrowserLaneFilter(admin.SimpleListFilter):
         return queryset
 
 
+class IndexedValuesFilter(admin.SimpleListFilter):
+    """A filter whose choices are the column's distinct values, read without a table scan.
+
+    Django's own field filters run SELECT DISTINCT over the whole column (80 ms at a million
+    rows, on every list page). On PostgreSQL a recursive "loose index scan" hops from one value
+    to the next along the column's index instead.
+    """
+
+    field = None
+    empty_label = _("(none)")
+
+    def distinct_values(self):
+        table = TrackedEvent._meta.db_table
+        column = TrackedEvent._meta.get_field(self.field).column
+        if connection.vendor != "postgresql":
+            values = TrackedEvent.objects.order_by(self.field).values_list(self.field, flat=True)
+            return list(values.distinct())
+        quoted = connection.ops.quote_name
+        # Only the model's own table and column names go into the SQL, quoted; no user input.
+        sql = (
+            f"WITH RECURSIVE v AS ("  # noqa: S608
+            f" (SELECT {quoted(column)} AS x FROM {quoted(table)}"
+            f"  WHERE {quoted(column)} IS NOT NULL ORDER BY 1 LIMIT 1)"
+            f" UNION ALL SELECT (SELECT {quoted(column)} FROM {quoted(table)}"
+            f"  WHERE {quoted(column)} > v.x ORDER BY 1 LIMIT 1) FROM v WHERE v.x IS NOT NULL"
+            f") SELECT x FROM v WHERE x IS NOT NULL"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            values = [row[0] for row in cursor.fetchall()]
+        if TrackedEvent.objects.filter(**{f"{self.field}__isnull": True}).exists():
+            values.append(None)
+        return values
+
+    def lookups(self, request, model_admin):
+        return [
+            ("" if value is None else str(value), self.label(value))
+            for value in self.distinct_values()
+        ]
+
+    def label(self, value):
+        return self.empty_label if value in (None, "") else str(value)
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        if value == "":
+            field = TrackedEvent._meta.get_field(self.field)
+            if field.null:
+                return queryset.filter(**{f"{self.field}__isnull": True})
+        return queryset.filter(**{self.field: value})
+
+
+class EventFilter(IndexedValuesFilter):
+    title = _("event")
+    parameter_name = field = "event"
+
+
+class ConsentStatusFilter(IndexedValuesFilter):
+    title = _("consent at record time")
+    parameter_name = field = "consent_status"
+    empty_label = _("not asked")
+
+
+class CountryFilter(IndexedValuesFilter):
+    title = _("country")
+    parameter_name = field = "country"
+    empty_label = _("unknown")
+
+
+class CodeFilter(IndexedValuesFilter):
+    title = _("last TikTok code")
+    parameter_name = field = "last_code"
+    empty_label = _("no code (HTTP / network)")
+
+
 class EstimatedCountPaginator(Paginator):
     """On PostgreSQL an unfiltered list counts from the planner's estimate, not COUNT(*)."""
 
@@ -164,14 +241,15 @@ class TrackedEventAdmin(admin.ModelAdmin):
         "status",
         VerdictFilter,
         BrowserLaneFilter,
-        "event",
-        "consent_status",
-        "country",
-        "last_code",
+        EventFilter,
+        ConsentStatusFilter,
+        CountryFilter,
+        CodeFilter,
         ("created_at", admin.DateFieldListFilter),
     )
     # Exact matches keep every search on an index, even with millions of rows.
-    search_fields = ("=order_id", "=event_id", "=last_request_id")
+    # (case-sensitive: "=" would compare UPPER() of each column and miss the index).
+    search_fields = ("order_id__exact", "event_id__exact", "last_request_id__exact")
     search_help_text = _("Exact order id, event_id or TikTok request_id.")
     ordering = ("-created_at", "-pk")
     show_full_result_count = False

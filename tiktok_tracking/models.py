@@ -142,6 +142,8 @@ class TrackedEvent(models.Model):
             models.Index(fields=["consent_status", "created_at"], name="tiktok_tracking_consent"),
             models.Index(fields=["last_code", "created_at"], name="tiktok_tracking_code"),
             models.Index(fields=["browser_seen_at"], name="tiktok_tracking_browser_seen"),
+            # The dedup verdicts are status x receipt: answered from the index alone.
+            models.Index(fields=["status", "browser_seen_at"], name="tiktok_tracking_verdict"),
         ]
 
     def __str__(self):
