@@ -1,9 +1,10 @@
-"""A local HTTP stand-in for TikTok's Events API v1.3 track endpoint, scriptable from tests."""
+"""A local HTTP stand-in for TikTok's Events API v1.3 and its browser pixel, for tests and demos."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import html
 import json
 import math
 import secrets
@@ -15,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,11 +30,34 @@ from tiktok_tracking.sandbox.validation import (
     validate_request,
 )
 
-__all__ = ["CONTROL_PREFIX", "TRACK_PATH", "SandboxServer"]
+__all__ = [
+    "CONTROL_PREFIX",
+    "PIXEL_EVENTS_PATH",
+    "PIXEL_SCRIPT_PATH",
+    "TRACK_PATH",
+    "SandboxServer",
+]
 
 TRACK_PATH = "/open_api/v1.3/event/track/"
 CONTROL_PREFIX = "/sandbox/"
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# TikTok's own script path, so a shop only swaps the origin in PIXEL_SCRIPT_URL.
+PIXEL_SCRIPT_PATH = "/i18n/pixel/events.js"
+PIXEL_EVENTS_PATH = "/sandbox/pixel"
+MAX_PIXEL_BODY_BYTES = 64 * 1024
+_PIXEL_JS = Path(__file__).with_name("pixel.js")
+_PIXEL_METHODS = {"track": None, "page": "Pageview"}
+# Allowed from any page: the fake pixel runs on the shop's origin, not the sandbox's.
+_CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+    ("Access-Control-Max-Age", "600"),
+)
+MERGED = "merged (both lanes, one event)"
+SERVER_ONLY = "server only"
+BROWSER_ONLY = "browser only"
+_PAGE_REQUESTS = 50
+_PAGE_REFRESH_SECONDS = 3
 
 _SCRIPT_KEYS = frozenset({"status", "code", "message", "delay", "body", "drop"})
 _DEFAULT_MESSAGES = {
@@ -106,6 +131,58 @@ def _recordable_headers(headers: Any, token: str | None) -> dict[str, str]:
         else:
             recorded[name] = value
     return recorded
+
+
+def _check_pixel_call(body: Any) -> dict[str, Any]:
+    """The browser event recorded for a pixel call; raises ``ValueError`` naming the bad field."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    pixel = body.get("pixel")
+    if not isinstance(pixel, str) or not pixel.strip():
+        raise ValueError("pixel must be a non-empty string")
+    method = body.get("method")
+    if method not in _PIXEL_METHODS:
+        raise ValueError(f"method must be one of {sorted(_PIXEL_METHODS)}, got {method!r}")
+    event = _PIXEL_METHODS[method] or body.get("event")
+    if not isinstance(event, str) or not event.strip():
+        raise ValueError("event must be a non-empty string")
+    for key in ("properties", "options"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise ValueError(f"{key} must be an object")
+    options = body.get("options") or {}
+    event_id = options.get("event_id")
+    # A number here is the classic bug (891 never matches "891"): refuse it loudly.
+    if event_id is not None and not isinstance(event_id, str):
+        raise ValueError(f"options.event_id must be a string, got {event_id!r}")
+    page_url = body.get("page_url")
+    if page_url is not None and not isinstance(page_url, str):
+        raise ValueError("page_url must be a string")
+    return {
+        "pixel": pixel,
+        "method": method,
+        "event": event,
+        "event_id": event_id or None,
+        "properties": body.get("properties") or {},
+        "options": options,
+        "page_url": page_url,
+    }
+
+
+def _merge_key(event: dict[str, Any]) -> tuple[str, str, str] | None:
+    """TikTok's deduplication key, or None for an event that can never be merged."""
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        return None
+    return (str(event.get("pixel")), str(event.get("event")), event_id)
+
+
+def _fmt_time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return (
+        time.strftime("%H:%M:%S", time.localtime(timestamp))
+        + f".{int(timestamp * 1000) % 1000:03d}"
+    )
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -183,10 +260,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ---
 
-    def _read_body(self) -> bytes | None:
+    def _read_body(self, limit: int = MAX_BODY_BYTES) -> bytes | None:
         """The request body, or None after answering a request whose body cannot be read."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return self._read_chunked()
+            return self._read_chunked(limit)
         length_header = self.headers.get("Content-Length")
         if length_header is None:
             return b""
@@ -197,12 +274,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0:
             self._refuse(HTTPStatus.BAD_REQUEST, "Invalid Content-Length.")
             return None
-        if length > MAX_BODY_BYTES:
+        if length > limit:
             self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large.")
             return None
         return self.rfile.read(length)
 
-    def _read_chunked(self) -> bytes | None:
+    def _read_chunked(self, limit: int) -> bytes | None:
         chunks = []
         total = 0
         while True:
@@ -218,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
                     pass
                 return b"".join(chunks)
             total += size
-            if total > MAX_BODY_BYTES:
+            if total > limit:
                 self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large.")
                 return None
             chunks.append(self.rfile.read(size))
@@ -262,13 +339,29 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def send_empty(self, status: int, extra_headers: Iterable[tuple[str, str]] = ()) -> None:
+        """An answer without a body (204 must not carry even a Content-Length)."""
+        self.send_response(status)
+        for name, value in extra_headers:
+            self.send_header(name, value)
+        if status != HTTPStatus.NO_CONTENT:
+            self.send_header("Content-Length", "0")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
     def _dispatch(self, method: str) -> None:
-        body = self._read_body()
+        url = urlsplit(self.path)
+        is_pixel = url.path.rstrip("/") == PIXEL_EVENTS_PATH
+        body = self._read_body(MAX_PIXEL_BODY_BYTES if is_pixel else MAX_BODY_BYTES)
         if body is None:
             return
-        url = urlsplit(self.path)
         sandbox = self.server.sandbox
-        if url.path == TRACK_PATH:
+        if url.path == PIXEL_SCRIPT_PATH and method == "GET":
+            self._send_pixel_script()
+        elif is_pixel:
+            sandbox._handle_pixel(self, method, body)
+        elif url.path == TRACK_PATH:
             if method == "POST":
                 sandbox._handle_track(self, url.path, body)
             else:
@@ -302,6 +395,32 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_OPTIONS(self) -> None:
+        path = urlsplit(self.path).path
+        if path.rstrip("/") != PIXEL_EVENTS_PATH and path != PIXEL_SCRIPT_PATH:
+            self._dispatch("OPTIONS")
+            return
+        if self._read_body(MAX_PIXEL_BODY_BYTES) is None:
+            return
+        # A preflight is answered yes to whatever it asks: the pixel lane has no secrets.
+        requested = self.headers.get("Access-Control-Request-Headers")
+        self.send_empty(
+            HTTPStatus.NO_CONTENT,
+            [
+                *_CORS_HEADERS,
+                ("Access-Control-Allow-Headers", requested or "Content-Type"),
+                ("Access-Control-Allow-Private-Network", "true"),
+            ],
+        )
+
+    def _send_pixel_script(self) -> None:
+        self.send_bytes(
+            HTTPStatus.OK,
+            _PIXEL_JS.read_bytes(),
+            content_type="application/javascript; charset=utf-8",
+            extra_headers=[("Cache-Control", "no-store"), ("Access-Control-Allow-Origin", "*")],
+        )
+
 
 class SandboxServer:
     """A real HTTP server that answers like TikTok's Events API track endpoint.
@@ -328,6 +447,8 @@ class SandboxServer:
         self.verbose = verbose
         self._lock = threading.Lock()
         self._records: list[dict[str, Any]] = []
+        # Pixel calls as they arrived: track calls are browser events, page calls page views.
+        self._pixel_calls: list[dict[str, Any]] = []
         self._queue: deque[dict[str, Any]] = deque()
         self._latency = self._initial_latency
         # Set on stop(): wakes handlers sleeping out a latency so they end at once.
@@ -416,9 +537,10 @@ class SandboxServer:
             return self._latency
 
     def reset(self) -> None:
-        """Forget recorded requests and queued answers; latency returns to its initial value."""
+        """Forget requests, pixel calls and queued answers; latency returns to its initial value."""
         with self._lock:
             self._records.clear()
+            self._pixel_calls.clear()
             self._queue.clear()
             self._latency = self._initial_latency
 
@@ -460,6 +582,64 @@ class SandboxServer:
                     }
                 )
         return flattened
+
+    def browser_events(self) -> list[dict[str, Any]]:
+        """Copies of the pixel's track calls, oldest first."""
+        with self._lock:
+            calls = copy.deepcopy(self._pixel_calls)
+        return [call for call in calls if call["method"] == "track"]
+
+    def page_views(self) -> list[dict[str, Any]]:
+        """Copies of the pixel's page calls (event "Pageview"), oldest first."""
+        with self._lock:
+            calls = copy.deepcopy(self._pixel_calls)
+        return [call for call in calls if call["method"] == "page"]
+
+    def merged(self) -> list[dict[str, Any]]:
+        """What TikTok would count: one row per (pixel, event, event_id) seen by either lane.
+
+        Repeats of a key, from one lane or both, are one event (``counted_as`` 1), as TikTok
+        deduplicates them; events without an event_id each stay a row of their own. TikTok's
+        time windows (5 minutes to merge, 48 hours to deduplicate) are not modelled: a sandbox
+        run is far shorter. Rows are ordered by when they were first seen, oldest first.
+        """
+        rows: dict[Any, dict[str, Any]] = {}
+        lanes = (("server", self.events()), ("browser", self.browser_events()))
+        for lane, events in lanes:
+            for index, event in enumerate(events):
+                key = _merge_key(event) or (lane, index)
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = {
+                        "pixel": event.get("pixel"),
+                        "event": event.get("event"),
+                        "event_id": event.get("event_id"),
+                        "server_count": 0,
+                        "browser_count": 0,
+                        "request_ids": [],
+                        "first_seen": None,
+                        "server_first_seen": None,
+                        "browser_first_seen": None,
+                    }
+                row[f"{lane}_count"] += 1
+                seen = event["received_at"]
+                if row[f"{lane}_first_seen"] is None or seen < row[f"{lane}_first_seen"]:
+                    row[f"{lane}_first_seen"] = seen
+                if row["first_seen"] is None or seen < row["first_seen"]:
+                    row["first_seen"] = seen
+                request_id = event.get("request_id")
+                if request_id and request_id not in row["request_ids"]:
+                    row["request_ids"].append(request_id)
+        for row in rows.values():
+            row["lanes"] = [lane for lane, _ in lanes if row[f"{lane}_count"]]
+            if row["server_count"] and row["browser_count"]:
+                row["verdict"] = MERGED
+            elif row["server_count"]:
+                row["verdict"] = SERVER_ONLY
+            else:
+                row["verdict"] = BROWSER_ONLY
+            row["counted_as"] = 1
+        return sorted(rows.values(), key=lambda row: row["first_seen"])
 
     def events_for(self, event_id: str) -> list[dict[str, Any]]:
         """The accepted events carrying ``event_id``."""
@@ -552,6 +732,29 @@ class SandboxServer:
             },
         )
 
+    def _handle_pixel(self, handler: _Handler, method: str, raw_body: bytes) -> None:
+        cors = [("Access-Control-Allow-Origin", "*")]
+        if method != "POST":
+            handler.send_json(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                {"ok": False, "error": f"{method} not allowed on {PIXEL_EVENTS_PATH}; use POST."},
+                extra_headers=[*cors, ("Allow", "POST, OPTIONS")],
+            )
+            return
+        try:
+            call = _check_pixel_call(parse_body(raw_body))
+        except ValueError as exc:
+            handler.send_json(
+                HTTPStatus.BAD_REQUEST,
+                {"ok": False, "error": f"pixel call refused: {exc}"},
+                extra_headers=cors,
+            )
+            return
+        call["received_at"] = time.time()
+        with self._lock:
+            self._pixel_calls.append(call)
+        handler.send_empty(HTTPStatus.NO_CONTENT, cors)
+
     @staticmethod
     def _scripted_answer(script: dict[str, Any]) -> dict[str, Any]:
         if script.get("drop"):
@@ -568,6 +771,14 @@ class SandboxServer:
         self, handler: _Handler, method: str, path: str, query: str, raw_body: bytes
     ) -> None:
         action = path[len(CONTROL_PREFIX) :].strip("/")
+        if action == "" and method == "GET":
+            handler.send_bytes(
+                HTTPStatus.OK,
+                self.render_page().encode("utf-8"),
+                content_type="text/html; charset=utf-8",
+                extra_headers=[("Cache-Control", "no-store")],
+            )
+            return
         routes: dict[tuple[str, str], Callable[[Any, dict[str, list[str]]], Any]] = {
             ("GET", "health"): lambda _, __: {
                 "ok": True,
@@ -576,6 +787,9 @@ class SandboxServer:
             },
             ("GET", "requests"): lambda _, __: self.requests,
             ("GET", "events"): self._control_events,
+            ("GET", "browser-events"): lambda _, __: self.browser_events(),
+            ("GET", "page-views"): lambda _, __: self.page_views(),
+            ("GET", "merged"): lambda _, __: self.merged(),
             ("POST", "program"): self._control_program,
             ("POST", "latency"): self._control_latency,
             ("POST", "reset"): self._control_reset,
@@ -621,6 +835,98 @@ class SandboxServer:
         self.reset()
         return {"ok": True}
 
+    def render_page(self) -> str:
+        """The HTML overview at ``GET /sandbox/``: what TikTok counted, newest first."""
+        esc = html.escape
+        merged_rows = []
+        for row in reversed(self.merged()):
+            lanes = " + ".join(row["lanes"])
+            merged_rows.append(
+                "<tr>"
+                f"<td>{esc(_fmt_time(row['first_seen']))}</td>"
+                f"<td>{esc(str(row['pixel']))}</td>"
+                f"<td>{esc(str(row['event']))}</td>"
+                f"<td><code>{esc(str(row['event_id'] or '(none)'))}</code></td>"
+                f"<td>{esc(lanes)}</td>"
+                f"<td>{row['server_count']}</td>"
+                f"<td>{row['browser_count']}</td>"
+                f'<td class="v-{esc(row["verdict"].split()[0])}">{esc(row["verdict"])}</td>'
+                f"<td>{row['counted_as']}</td>"
+                "</tr>"
+            )
+        request_rows = []
+        for record in reversed(self.requests[-_PAGE_REQUESTS:]):
+            answer = record["answer"]
+            body = record["body"]
+            pixel = body.get("event_source_id") if isinstance(body, dict) else None
+            items = body.get("data") if isinstance(body, dict) else None
+            events = ", ".join(
+                f"{item.get('event')}/{item.get('event_id')}"
+                for item in (items if isinstance(items, list) else [])
+                if isinstance(item, dict)
+            )
+            code = "" if answer["code"] is None else answer["code"]
+            request_rows.append(
+                "<tr>"
+                f"<td>{esc(_fmt_time(record['received_at']))}</td>"
+                f"<td><code>{esc(record['request_id'])}</code></td>"
+                f"<td>{esc(str(pixel))}</td>"
+                f"<td>{esc(events)}</td>"
+                f"<td>{esc(str(answer['status']))}</td>"
+                f"<td>{esc(str(code))}</td>"
+                f"<td>{esc(str(answer['message']))}</td>"
+                "</tr>"
+            )
+        empty = '<tr><td colspan="{}">Nothing received yet.</td></tr>'
+        return _PAGE_TEMPLATE.format(
+            refresh=_PAGE_REFRESH_SECONDS,
+            url=esc(self.url),
+            merged="\n".join(merged_rows) or empty.format(9),
+            requests="\n".join(request_rows) or empty.format(7),
+            shown=_PAGE_REQUESTS,
+        )
+
     def __repr__(self) -> str:
         # Deliberately without the token.
         return f"<SandboxServer {self.url} pixels={sorted(self._pixels or ())}>"
+
+
+# Self-contained on purpose: the demo must render with the network closed.
+_PAGE_TEMPLATE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="{refresh}">
+<title>TikTok sandbox</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2rem; }}
+th, td {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
+th {{ background: #f2f2f2; }}
+.v-merged {{ color: #176b2c; font-weight: bold; }}
+.v-server, .v-browser {{ color: #8a5a00; }}
+</style>
+</head>
+<body>
+<h1>TikTok sandbox</h1>
+<p>Listening on <code>{url}</code>. Refreshes every {refresh} s.
+Events with the same pixel, name and event_id count once, whichever lane sent them.</p>
+<h2>What TikTok counts (newest first)</h2>
+<table>
+<thead><tr><th>First seen</th><th>Pixel</th><th>Event</th><th>event_id</th><th>Lanes</th>
+<th>Server</th><th>Browser</th><th>Verdict</th><th>Counted as</th></tr></thead>
+<tbody>
+{merged}
+</tbody>
+</table>
+<h2>Events API requests received (last {shown}, newest first)</h2>
+<table>
+<thead><tr><th>Received</th><th>request_id</th><th>Pixel</th><th>Events</th>
+<th>HTTP</th><th>Code</th><th>Message</th></tr></thead>
+<tbody>
+{requests}
+</tbody>
+</table>
+</body>
+</html>
+"""
