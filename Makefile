@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format sandbox clean
+.PHONY: test lint format sandbox demo clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ format: $(STAMP)
 
 sandbox: $(STAMP)
 	$(BIN)/python -m tiktok_tracking.sandbox --port 8765
+
+demo: $(STAMP)
+	$(BIN)/python -m demo_shop.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

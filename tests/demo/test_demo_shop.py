@@ -1,0 +1,174 @@
+"""The demo shop, driven in subprocesses so its settings never mix with the test settings."""
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 90
+STOP_TIMEOUT = 30
+
+
+def demo_env(tmp_path, **extra):
+    """The environment of a demo process: its own settings, database, broker and ports."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # The suite's own database, broker and TikTok settings are not the demo's.
+        if not key.startswith(("TIKTOK_", "DJANGO_", "CELERY_", "DATABASE_", "DEMO_"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="demo_shop.settings",
+        DEMO_VAR_DIR=str(tmp_path / "var"),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        CELERY_BROKER_URL="filesystem://",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run(env, *argv, timeout=120):
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port):
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (local URL)
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+class Supervisor:
+    """``python -m demo_shop.run`` with its output collected line by line."""
+
+    def __init__(self, env):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "demo_shop.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines = queue.Queue()
+        self.output = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def wait_for_line(self, text, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if text in self.lines.get(timeout=0.5):
+                    return True
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    return False
+        return False
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def test_check_reports_no_issues(tmp_path):
+    result = run(demo_env(tmp_path), "manage.py", "check")
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_seed_demo_is_repeatable_and_prints_a_fresh_password(tmp_path):
+    env = demo_env(tmp_path)
+    assert run(env, "manage.py", "migrate", "--noinput", "-v", "0").returncode == 0
+    first = run(env, "manage.py", "seed_demo")
+    second = run(env, "manage.py", "seed_demo")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "4 products ready" in second.stdout
+    assert "Admin user created" in first.stdout
+    assert "Admin user password reset" in second.stdout
+    assert first.stdout.split()[-1] != second.stdout.split()[-1]
+
+
+def test_selfcheck_buys_one_order_through_gateway_and_webhook(tmp_path):
+    result = run(demo_env(tmp_path, DEMO_EAGER="1"), "-m", "demo_shop.selfcheck")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "selfcheck OK: order D1001 paid, Purchase order_D1001" in result.stdout
+
+
+@pytest.mark.integration
+def test_make_demo_comes_up_and_stops_everything_on_ctrl_c(tmp_path):
+    shop_port, sandbox_port = free_port(), free_port()
+    env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(sandbox_port))
+    demo = Supervisor(env)
+    try:
+        assert demo.wait_for_line("Ctrl-C stops everything"), "".join(demo.output)
+        assert demo.wait_for_line("celery@"), "".join(demo.output)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (listening(shop_port) and listening(sandbox_port)):
+            assert time.monotonic() < deadline, "".join(demo.output)
+            time.sleep(0.2)
+        assert http_status(f"http://127.0.0.1:{shop_port}/") == 200
+        assert http_status(f"http://127.0.0.1:{shop_port}/admin/login/") == 200
+        demo.process.send_signal(signal.SIGINT)
+        assert demo.process.wait(timeout=STOP_TIMEOUT) == 0, "".join(demo.output)
+    finally:
+        demo.stop()
+    assert "All stopped." in "".join(demo.output)
+    assert not listening(shop_port)
+    assert not listening(sandbox_port)
+
+
+@pytest.mark.integration
+def test_demo_stops_the_rest_when_a_child_dies(tmp_path):
+    shop_port = free_port()
+    # The sandbox cannot bind a port that is taken, so it exits at once.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(taken.getsockname()[1]))
+        demo = Supervisor(env)
+        try:
+            code = demo.process.wait(timeout=START_TIMEOUT)
+        finally:
+            demo.stop()
+    output = "".join(demo.output)
+    assert code != 0, output
+    assert "sandbox exited with code" in output
+    assert not listening(shop_port)
