@@ -7,9 +7,8 @@ from datetime import date, datetime, time, timedelta
 
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import Count, F, Max, Q
-from django.db.models.functions import TruncDate
-from django.db.models.lookups import GreaterThan
+from django.db.models import Count, Max, Q, Sum
+from django.db.models.functions import Coalesce
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -18,9 +17,9 @@ from django.utils.translation import ngettext
 
 from tiktok_tracking import conf
 from tiktok_tracking.config_log import record_config_if_changed
-from tiktok_tracking.dedup import MERGED, verdict_filter
 from tiktok_tracking.events import MATCH_KEYS
-from tiktok_tracking.models import BrowserReceipt, ConfigChange, TrackedEvent
+from tiktok_tracking.models import BrowserReceipt, ConfigChange, DailyRollup, TrackedEvent
+from tiktok_tracking.rollups import COUNT_FIELDS, GROUP_FIELDS, grouped_events, rebuild_days
 from tiktok_tracking.standards import ALLOWED_EVENTS, PURCHASE_EVENT_NAMES
 
 Status = TrackedEvent.Status
@@ -702,64 +701,163 @@ def evaluate_checklist(facts):
     ]
 
 
-# --- Queries: one each, however many rows or countries ---------------------------------------
+# --- Queries: one each, however many rows, countries or days -------------------------------
+#
+# Closed days come from DailyRollup (summed over the period), today from TrackedEvent grouped
+# the same way (rollups.grouped_events); the figures are then added up from both in Python.
+
+IN_FLIGHT = (Status.PENDING, Status.SENDING)
+DAILY_STATUSES = ("delivered", "failed", "suppressed")
 
 
-def status_counts():
-    """The conditional counts every purchase grouping shares."""
-    return {
-        "recorded": Count("pk"),
-        "delivered": Count("pk", filter=Q(status=Status.DELIVERED)),
-        "failed": Count("pk", filter=Q(status=Status.FAILED)),
-        "suppressed": Count("pk", filter=Q(status=Status.SUPPRESSED)),
-        "in_flight": Count("pk", filter=Q(status__in=(Status.PENDING, Status.SENDING))),
-        "browser_seen": Count("pk", filter=Q(browser_seen_at__isnull=False)),
-        "merged": Count("pk", filter=verdict_filter(MERGED)),
-    }
+def closed_day_counts(first_day, today):
+    """Server events (every event name) per closed day and status, from the rollups.
 
+    Every rolled-up day has a row here, even a day without events: the days missing from
+    the answer are the ones still to roll up.
+    """
 
-def purchases(start):
-    return TrackedEvent.objects.filter(event=conf.get("PURCHASE_EVENT"), created_at__gte=start)
+    def of_status(status):
+        return Coalesce(Sum("events", filter=Q(status=status)), 0)
 
-
-def purchase_totals(start, stale_before):
-    return purchases(start).aggregate(
-        **status_counts(),
-        stale_in_flight=Count(
-            "pk",
-            filter=Q(status__in=(Status.PENDING, Status.SENDING), created_at__lt=stale_before),
-        ),
-    )
-
-
-def purchase_counts_by(field_name, start):
-    """The purchase counts grouped by one column, largest group first."""
     return list(
-        purchases(start)
-        .values(field_name)
-        .annotate(**status_counts())
-        .order_by("-recorded", field_name)
+        DailyRollup.objects.filter(day__gte=first_day, day__lt=today)
+        .values("day")
+        .annotate(
+            recorded=Coalesce(Sum("events"), 0),
+            delivered=of_status(Status.DELIVERED),
+            failed=of_status(Status.FAILED),
+            suppressed=of_status(Status.SUPPRESSED),
+        )
+        .order_by("day")
     )
 
 
-def _has_key(mask):
-    return GreaterThan(F("match_keys").bitand(mask), 0)
-
-
-def match_key_counts(start):
-    """Delivered purchases and, per match key bit, how many carried it."""
-    per_key = {
-        f"key_{bit}": Count("pk", filter=_has_key(1 << bit)) for bit in range(len(MATCH_KEYS))
-    }
-    email_or_phone = (1 << MATCH_KEYS.index("email")) | (1 << MATCH_KEYS.index("phone"))
-    return (
-        purchases(start)
-        .filter(status=Status.DELIVERED)
-        .aggregate(
-            delivered=Count("pk"),
-            email_or_phone=Count("pk", filter=_has_key(email_or_phone)),
-            **per_key,
+def closed_day_groups(first_day, today):
+    """The rollup groups of the period's closed days, summed over the days."""
+    return list(
+        DailyRollup.objects.filter(day__gte=first_day, day__lt=today, events__gt=0)
+        .values(*GROUP_FIELDS)
+        .annotate(
+            **{name: Sum(name) for name in COUNT_FIELDS},
+            example_message=Max("example_message"),
+            example_error=Max("example_error"),
         )
+        .order_by()
+    )
+
+
+def today_groups(today_start, live_start, stale_before):
+    """Today's events grouped like the rollups, with the counts the stale figure needs.
+
+    ``live_start`` is before today's start when the stale cut-off falls on yesterday: the
+    in-flight rows between the two are in yesterday's rollup but are not stale yet.
+    """
+    in_flight = Q(status__in=IN_FLIGHT)
+    today = Q(created_at__gte=today_start)
+    groups = grouped_events(
+        TrackedEvent.objects.filter(created_at__gte=live_start),
+        only=today,
+        extra={
+            "stale": Count("pk", filter=in_flight & today & Q(created_at__lt=stale_before)),
+            "recent_closed": Count("pk", filter=in_flight & Q(created_at__lt=today_start)),
+        },
+    )
+    return groups
+
+
+def group_counts(groups):
+    """The status counts every purchase grouping shares, added up over rollup groups (pure)."""
+    counts = dict.fromkeys(COUNT_NAMES, 0)
+    for group in groups:
+        events = group["events"]
+        status = group["status"]
+        counts["recorded"] += events
+        if status == Status.DELIVERED:
+            counts["delivered"] += events
+        elif status == Status.FAILED:
+            counts["failed"] += events
+        elif status == Status.SUPPRESSED:
+            counts["suppressed"] += events
+        elif status in IN_FLIGHT:
+            counts["in_flight"] += events
+        if group["browser_seen"]:
+            counts["browser_seen"] += events
+            # The merged verdict: delivered and confirmed by the browser (dedup.verdict_filter).
+            if status == Status.DELIVERED:
+                counts["merged"] += events
+    return counts
+
+
+def counts_by(groups, field_name):
+    """The counts of ``groups`` per value of one column, groups without events left out (pure)."""
+    by_value = {}
+    for group in groups:
+        by_value.setdefault(group[field_name], []).append(group)
+    rows = [{field_name: value, **group_counts(members)} for value, members in by_value.items()]
+    return [row for row in rows if row["recorded"]]
+
+
+def stale_in_flight(closed, live, purchase_event):
+    """Purchases in flight since before the stale cut-off (pure).
+
+    Every in-flight purchase of a closed day is stale, except those created after the cut-off
+    (only possible in the first hour of the day), counted live.
+    """
+    closed_in_flight = sum(
+        group["events"]
+        for group in closed
+        if group["event"] == purchase_event and group["status"] in IN_FLIGHT
+    )
+    purchases_live = [group for group in live if group["event"] == purchase_event]
+    recent = sum(group["recent_closed"] for group in purchases_live)
+    today = sum(group["stale"] for group in purchases_live)
+    # The rollup may be older than the rows' current status: never below zero.
+    return max(closed_in_flight - recent, 0) + today
+
+
+def key_counts(purchase_groups):
+    """Delivered purchases and, per match key bit, how many carried it (pure)."""
+    delivered = [group for group in purchase_groups if group["status"] == Status.DELIVERED]
+    counts = {
+        "delivered": sum(group["events"] for group in delivered),
+        "email_or_phone": sum(group["with_email_or_phone"] for group in delivered),
+    }
+    for bit, key in enumerate(MATCH_KEYS):
+        counts[f"key_{bit}"] = sum(group[f"with_{key}"] for group in delivered)
+    return counts
+
+
+def failure_counts(groups):
+    """Failed events (every event name) by TikTok code, with an example message (pure)."""
+    by_code = {}
+    for group in groups:
+        if group["status"] != Status.FAILED or not group["events"]:
+            continue
+        code = None if group["last_code"] == DailyRollup.NO_CODE else group["last_code"]
+        row = by_code.setdefault(
+            code, {"last_code": code, "count": 0, "example": "", "example_error": ""}
+        )
+        row["count"] += group["events"]
+        row["example"] = max(row["example"], group["example_message"] or "")
+        row["example_error"] = max(row["example_error"], group["example_error"] or "")
+    return sorted(
+        by_code.values(),
+        key=lambda row: (-row["count"], row["last_code"] is None, row["last_code"] or 0),
+    )
+
+
+def today_counts(live, today):
+    """Today's server events (every event name) by status, as a row of the daily series."""
+    counts = group_counts(live)
+    return {"day": today, **{name: counts[name] for name in ("recorded", *DAILY_STATUSES)}}
+
+
+def server_purchase_names(groups):
+    """The purchase names server rows of the period were recorded under (pure)."""
+    names = purchase_names(conf.get("PURCHASE_EVENT"))
+    return frozenset(
+        group["event"] for group in groups if group["events"] and group["event"] in names
     )
 
 
@@ -787,44 +885,6 @@ def receipt_event_counts(start):
     return {row["event"]: row["count"] for row in rows}
 
 
-def server_purchase_names(start):
-    """The purchase names server rows of the period were recorded under."""
-    names = purchase_names(conf.get("PURCHASE_EVENT"))
-    rows = (
-        TrackedEvent.objects.filter(created_at__gte=start, event__in=names)
-        .values_list("event", flat=True)
-        .distinct()
-        .order_by()
-    )
-    return frozenset(rows)
-
-
-def failure_counts(start):
-    """Failed events of the period (every event name) by TikTok code, with an example message."""
-    return list(
-        TrackedEvent.objects.filter(status=Status.FAILED, created_at__gte=start)
-        .values("last_code")
-        .annotate(count=Count("pk"), example=Max("last_message"), example_error=Max("last_error"))
-        .order_by("-count", "last_code")
-    )
-
-
-def daily_counts(start):
-    """Server events of the period (every event name) per calendar day and status."""
-    return list(
-        TrackedEvent.objects.filter(created_at__gte=start)
-        .annotate(day=TruncDate("created_at"))
-        .values("day")
-        .annotate(
-            recorded=Count("pk"),
-            delivered=Count("pk", filter=Q(status=Status.DELIVERED)),
-            failed=Count("pk", filter=Q(status=Status.FAILED)),
-            suppressed=Count("pk", filter=Q(status=Status.SUPPRESSED)),
-        )
-        .order_by("day")
-    )
-
-
 def config_history():
     """Record the configuration if it changed; then how many changes and the latest one's time."""
     record_config_if_changed()
@@ -837,16 +897,36 @@ def config_history():
 def dashboard_context(days, now=None):
     """Everything the dashboard shows for a period of ``days`` calendar days ending today."""
     now = now or timezone.now()
-    first_day = period_first_day(days, timezone.localdate(now))
+    today = timezone.localdate(now)
+    first_day = period_first_day(days, today)
     start = timezone.make_aware(datetime.combine(first_day, time.min))
+    today_start = timezone.make_aware(datetime.combine(today, time.min))
+    stale_before = now - STALE_AFTER
     purchase_event = conf.get("PURCHASE_EVENT")
 
-    totals = purchase_totals(start, now - STALE_AFTER)
+    closed_days = closed_day_counts(first_day, today)
+    missing = sorted(
+        {first_day + timedelta(days=n) for n in range(days - 1)}
+        - {row["day"] for row in closed_days}
+    )
+    if missing:
+        # Just installed, or the periodic refresh has not run yet: roll the days up now, once.
+        rebuild_days(missing)
+        closed_days = closed_day_counts(first_day, today)
+    closed = closed_day_groups(first_day, today)
+    live = today_groups(today_start, max(start, min(today_start, stale_before)), stale_before)
+    groups = [*closed, *live]
+    purchase_groups = [group for group in groups if group["event"] == purchase_event]
+
+    totals = {
+        **group_counts(purchase_groups),
+        "stale_in_flight": stale_in_flight(closed, live, purchase_event),
+    }
     receipts = receipt_totals(start, totals["browser_seen"])
     summary = purchase_summary(totals, receipts["browser_only"])
     receipt_events = receipt_event_counts(start)
-    keys = match_key_counts(start)
-    daily = daily_series(daily_counts(start), first_day, days)
+    keys = key_counts(purchase_groups)
+    daily = daily_series([*closed_days, today_counts(live, today)], first_day, days)
     config = config_history()
     secrets = [conf.get("ACCESS_TOKEN") or ""]
 
@@ -856,7 +936,7 @@ def dashboard_context(days, now=None):
         receipt_names=frozenset(receipt_events),
         server_recorded=sum(day["recorded"] for day in daily),
         server_delivered=sum(day["delivered"] for day in daily),
-        server_purchase_names=server_purchase_names(start),
+        server_purchase_names=server_purchase_names(groups),
         purchase_receipts=receipts["purchase_receipts"],
         purchase_receipts_matched=receipts["matched"],
         purchases_recorded=summary["recorded"],
@@ -870,9 +950,9 @@ def dashboard_context(days, now=None):
         config_changes=config["count"],
         config_latest=config["latest"],
     )
-    countries = top_groups(purchase_counts_by("country", start), "country", country_label)
+    countries = top_groups(counts_by(purchase_groups, "country"), "country", country_label)
     consents = top_groups(
-        purchase_counts_by("consent_status", start), "consent_status", consent_label
+        counts_by(purchase_groups, "consent_status"), "consent_status", consent_label
     )
     return {
         "days": days,
@@ -899,7 +979,7 @@ def dashboard_context(days, now=None):
         ],
         "match_keys": match_key_coverage(keys),
         "match_delivered": keys["delivered"],
-        "failures": failure_rows(failure_counts(start), secrets),
+        "failures": failure_rows(failure_counts(groups), secrets),
         "daily": daily,
         "chart": daily_chart_svg(daily),
         "receipts": receipts,

@@ -268,6 +268,10 @@ class BrowserReceipt(models.Model):
                 fields=["pixel_id", "event", "event_id"], name="tiktok_tracking_one_receipt"
             )
         ]
+        # The dashboard counts a period's receipts by name: answered from the index alone.
+        indexes = [
+            models.Index(fields=["received_at", "event"], name="tiktok_tracking_receipt_time")
+        ]
 
     def __str__(self):
         return f"{self.event} {self.event_id} seen {self.received_at:%Y-%m-%d %H:%M}"
@@ -287,3 +291,60 @@ class ConfigChange(models.Model):
 
     def __str__(self):
         return f"configuration of {self.recorded_at:%Y-%m-%d %H:%M}"
+
+
+class DailyRollup(models.Model):
+    """The tracked events of one closed calendar day, counted per group of the dashboard's splits.
+
+    Rebuilt by ``rollups.rebuild_days``: the dashboard reads closed days from here and only
+    today from TrackedEvent, so a 30-day page does not scan a month of rows.
+    """
+
+    # last_code is part of the unique key, and a NULL there would never collide on either
+    # database (Django 4.2 has no nulls_distinct): "no code" is stored as this value.
+    NO_CODE = -1
+
+    day = models.DateField(_("day"))
+    event = models.CharField(_("event"), max_length=64)
+    status = models.CharField(_("status"), max_length=16)
+    country = models.CharField(_("country"), max_length=2, blank=True)
+    consent_status = models.CharField(_("consent at record time"), max_length=16, blank=True)
+    browser_seen = models.BooleanField(_("browser receipt"), default=False)
+    last_code = models.IntegerField(
+        _("last TikTok code"), default=NO_CODE, help_text=_("-1 when the row has no code.")
+    )
+    events = models.PositiveIntegerField(_("events"), default=0)
+    with_email = models.PositiveIntegerField(_("with email"), default=0)
+    with_phone = models.PositiveIntegerField(_("with phone"), default=0)
+    with_external_id = models.PositiveIntegerField(_("with external id"), default=0)
+    with_ttclid = models.PositiveIntegerField(_("with ttclid"), default=0)
+    with_ttp = models.PositiveIntegerField(_("with _ttp"), default=0)
+    with_ip = models.PositiveIntegerField(_("with ip"), default=0)
+    with_user_agent = models.PositiveIntegerField(_("with user agent"), default=0)
+    # Not derivable from the two counts above, and the match quality check is judged on it.
+    with_email_or_phone = models.PositiveIntegerField(_("with email or phone"), default=0)
+    # The greatest message of the group, so the failures table keeps its example per code.
+    example_message = models.TextField(_("example TikTok message"), blank=True)
+    example_error = models.TextField(_("example error"), blank=True)
+    computed_at = models.DateTimeField(_("computed at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("daily rollup")
+        verbose_name_plural = _("daily rollups")
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "day",
+                    "event",
+                    "status",
+                    "country",
+                    "consent_status",
+                    "browser_seen",
+                    "last_code",
+                ],
+                name="tiktok_tracking_one_rollup_row",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.day} {self.event} {self.status}: {self.events}"

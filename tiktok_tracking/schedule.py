@@ -6,10 +6,11 @@ from tiktok_tracking import conf
 
 SWEEP_TASK_NAME = "TikTok tracking: sweep outbox"
 PURGE_TASK_NAME = "TikTok tracking: purge raw ip and user agent"
+ROLLUP_TASK_NAME = "TikTok tracking: roll up the dashboard's closed days"
 
 
 def ensure_periodic_tasks(sender=None, using="default", **kwargs):
-    """Create (or correct) the sweep and purge schedules, so migrate + beat is all a shop needs."""
+    """Create (or correct) the periodic schedules, so migrate + beat is all a shop needs."""
     if not apps.is_installed("django_celery_beat"):
         return
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -17,6 +18,7 @@ def ensure_periodic_tasks(sender=None, using="default", **kwargs):
     every = {
         SWEEP_TASK_NAME: (int(conf.get("SWEEP_INTERVAL")), "tiktok_tracking.sweep_outbox"),
         PURGE_TASK_NAME: (3600, "tiktok_tracking.purge_personal_data"),
+        ROLLUP_TASK_NAME: (900, "tiktok_tracking.refresh_rollups"),
     }
     for name, (seconds, task) in every.items():
         interval, _ = IntervalSchedule.objects.using(using).get_or_create(

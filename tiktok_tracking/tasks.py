@@ -7,7 +7,7 @@ import logging
 
 from celery import shared_task
 
-from tiktok_tracking import delivery
+from tiktok_tracking import delivery, rollups
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +60,11 @@ def purge_personal_data():
     purged = delivery.purge_personal_data()
     if purged:
         logger.info("TikTok purge: raw ip/user agent removed from %d row(s)", purged)
+
+
+@shared_task(name="tiktok_tracking.refresh_rollups", acks_late=True, ignore_result=True)
+def refresh_rollups():
+    """Roll up yesterday and the day before again, and any closed day still missing."""
+    rebuilt = rollups.refresh_rollups()
+    if rebuilt:
+        logger.info("TikTok rollups: %d day(s) rebuilt", len(rebuilt))
