@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format sandbox demo clean
+.PHONY: test lint format sandbox demo bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ sandbox: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m demo_shop.run
+
+BENCH_ADMIN_ROWS ?= 1000000
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.tags
+	$(BIN)/python -m bench.checkout
+	$(BIN)/python -m bench.admin_scale --rows $(BENCH_ADMIN_ROWS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,403 @@
+"""Checkout: what the app adds to the shop's payment confirmation, against a naive integration."""
+
+import argparse
+import atexit
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+DEFAULT_ORDERS = 300
+DEFAULT_BROKER_DOWN_ORDERS = 50
+WARMUP_ORDERS = 10
+# Each request of column d waits out Celery's connection timeout: a few warm-ups are enough.
+BROKER_DOWN_WARMUP_ORDERS = 2
+SANDBOX_LATENCY = 0.3
+TARGET_ADDED_MEDIAN_MS = 2
+TARGET_ADDED_P99_MS = 5
+UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:1//"
+DISPATCH_UID = "tiktok_tracking.on_payment_completed"
+NAIVE_DISPATCH_UID = "bench.checkout.naive"
+COLUMNS = (
+    ("a", "app installed"),
+    ("b", "receiver disconnected"),
+    ("c", "naive: sync POST"),
+    ("d", "app, broker down"),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.checkout",
+        description="Time the test shop's /pay/<number>/ view with and without the app.",
+    )
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=DEFAULT_ORDERS,
+        help=f"timed pay requests per column (default {DEFAULT_ORDERS})",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="database to use (default: a temporary SQLite file), e.g. "
+        "postgres://postgres@127.0.0.1:5432/tiktok_bench_checkout; its name must contain "
+        "'bench'. A PostgreSQL database is created if missing and then dropped afterwards",
+    )
+    parser.add_argument(
+        "--broker-down-orders",
+        type=int,
+        default=DEFAULT_BROKER_DOWN_ORDERS,
+        help=f"timed pay requests of column d (default {DEFAULT_BROKER_DOWN_ORDERS}): each waits "
+        "out the broker connection timeout",
+    )
+    args = parser.parse_args(argv)
+    if args.orders < 10 or args.broker_down_orders < 10:
+        parser.error("--orders and --broker-down-orders must be at least 10")
+    return args
+
+
+# --- database and Django ------------------------------------------------------------------------
+
+
+def database_name(url):
+    """The database's name; a benchmark must not touch a database not named for it."""
+    path = urlsplit(url).path.lstrip("/")
+    name = os.path.basename(path) if url.startswith("sqlite") else path
+    if "bench" not in name:
+        sys.exit(
+            f"Refusing to use database {name!r}: the benchmark writes orders and events into it, "
+            "so its name must contain 'bench'."
+        )
+    return name
+
+
+def is_postgres(url):
+    return url.startswith(("postgres://", "postgresql://", "pgsql://"))
+
+
+def create_postgres_database(url):
+    """Create the database unless it exists; True when this run created it."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    name = database_name(url)
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return True
+
+
+def drop_postgres_database(url):
+    import psycopg
+    from django.db import connections
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    connections.close_all()
+    name = database_name(url)
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def setup_django(url, run_dir):
+    """The test project's settings (filesystem broker in ``run_dir``) on ``url``, migrated."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    os.environ["DATABASE_URL"] = url
+    os.environ["TIKTOK_TEST_RUN_DIR"] = run_dir
+    os.environ.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
+    os.environ.pop("CELERY_BROKER_URL", None)  # the publish must land in the temporary folder
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+# --- the four ways the payment can be confirmed -------------------------------------------------
+
+
+def make_orders(prefix, count):
+    """Unpaid orders (one line each) for ``count`` pay requests; not timed."""
+    from django.db import transaction
+
+    from tests.shop.models import Order, OrderLine
+
+    numbers = [f"{prefix}-{index:05d}" for index in range(count)]
+    with transaction.atomic():
+        orders = Order.objects.bulk_create(
+            Order(
+                number=number,
+                email=f"buyer{index}@example.com",
+                phone="+1 202 555 0143",
+                country="US",
+                currency="USD",
+                total=Decimal("89.99"),
+                customer_id=f"C-{index}",
+            )
+            for index, number in enumerate(numbers)
+        )
+        if not all(order.pk for order in orders):  # backends that return no ids on bulk insert
+            orders = list(Order.objects.filter(number__in=numbers))
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, sku="SKU-123", name="Mug", quantity=1, price=order.total)
+            for order in orders
+        )
+    return numbers
+
+
+def naive_receiver(api_client):
+    """A receiver posting the purchase to TikTok inside the request, as a first attempt would."""
+    from tiktok_tracking import conf
+    from tiktok_tracking.adapters import get_adapter_class
+    from tiktok_tracking.context import context_from_request
+    from tiktok_tracking.events import build_event, build_request_body, read_order
+
+    def on_payment_completed(sender, order, request=None, **kwargs):
+        facts = read_order(get_adapter_class(conf.get("ORDER_ADAPTER"))(order))
+        context = context_from_request(request) if request is not None else None
+        item = build_event("Purchase", facts, event_time=time.time(), context=context)
+        api_client.send(build_request_body(conf.get("PIXEL_ID"), [item]))
+
+    return on_payment_completed
+
+
+@contextmanager
+def column_setup(column, api_client):
+    """Connect the receivers (and break the broker) that ``column`` measures."""
+    from tests.celery_app import app
+    from tiktok_tracking.receivers import on_payment_completed
+    from tiktok_tracking.signals import payment_completed
+
+    def reset_pools():
+        # Celery caches its connection and producer pools; drop them so the URL change counts.
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    saved_write_url = app.conf.get("broker_write_url")
+    naive = naive_receiver(api_client)
+    if column in ("b", "c"):
+        payment_completed.disconnect(dispatch_uid=DISPATCH_UID)
+    if column == "c":
+        payment_completed.connect(naive, dispatch_uid=NAIVE_DISPATCH_UID, weak=False)
+    if column == "d":
+        app.conf.broker_write_url = UNREACHABLE_BROKER
+        reset_pools()
+    try:
+        yield
+    finally:
+        payment_completed.disconnect(dispatch_uid=NAIVE_DISPATCH_UID)
+        payment_completed.connect(on_payment_completed, dispatch_uid=DISPATCH_UID)
+        if column == "d":
+            app.conf.broker_write_url = saved_write_url
+            reset_pools()
+
+
+def pay(client, number):
+    started = time.perf_counter()
+    response = client.post(f"/pay/{number}/")
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        sys.exit(f"POST /pay/{number}/ answered {response.status_code}, not 200")
+    return elapsed_ms
+
+
+class CountingHandler(logging.Handler):
+    """Counts the app's enqueue warnings instead of printing a traceback per request."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record):
+        self.count += 1
+
+
+@contextmanager
+def counted_warnings():
+    logger = logging.getLogger("tiktok_tracking.receivers")
+    handler = CountingHandler()
+    logger.addHandler(handler)
+    saved = logger.propagate
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.propagate = saved
+        logger.removeHandler(handler)
+
+
+def run_column(column, orders, warmups, api_client):
+    """Warm up, then time one pay request per fresh order; returns the times and warnings."""
+    from django.test import Client
+
+    client = Client()
+    # The shop's country switch: a US visitor, whose purchase the consent policy lets through.
+    client.cookies["country"] = "US"
+    warmup = make_orders(f"W{column}", warmups)
+    timed = make_orders(f"T{column}", orders)
+    with column_setup(column, api_client), counted_warnings() as warnings:
+        for number in warmup:
+            pay(client, number)
+        times = [pay(client, number) for number in timed]
+    return times, warnings.count
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def figures(times):
+    cuts = statistics.quantiles(times, n=100, method="inclusive")
+    return {"median": statistics.median(times), "p95": cuts[94], "p99": cuts[98]}
+
+
+def check_effects(counts):
+    """What each column left behind: every order paid, and the app's rows and messages."""
+    from tests.shop.models import Order
+    from tiktok_tracking.models import TrackedEvent
+
+    effects = {}
+    for column, _ in COLUMNS:
+        numbers = Order.objects.filter(number__startswith=f"T{column}-")
+        effects[column] = {
+            "paid": numbers.filter(paid=True).count(),
+            "rows": TrackedEvent.objects.filter(
+                order_id__startswith=f"T{column}-", event="Purchase"
+            ).count(),
+        }
+        if effects[column]["paid"] != counts[column]:
+            sys.exit(f"column {column}: {effects[column]['paid']} of {counts[column]} orders paid")
+    return effects
+
+
+def broker_messages(broker_dir):
+    return sum(1 for name in os.listdir(broker_dir) if name.endswith(".msg"))
+
+
+def database_version():
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            return f"PostgreSQL {cursor.fetchone()[0]}"
+    import sqlite3
+
+    return f"SQLite {sqlite3.sqlite_version}"
+
+
+def print_report(results, effects, messages, counts, warnings, sandbox_requests):
+    import django
+
+    print()
+    print("Checkout: POST /pay/<number>/ of the test shop")
+    print(f"  date       {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    python = sys.version.split()[0]
+    print(f"  versions   {database_version()}; Django {django.get_version()}; Python {python}")
+    print(
+        f"  method     Django test Client in-process, {WARMUP_ORDERS} warm-up + "
+        f"{counts['a']} timed requests per column, each for a fresh unpaid order"
+    )
+    print(f"             (d): {BROKER_DOWN_WARMUP_ORDERS} warm-up + {counts['d']} timed requests")
+    print(f"  sandbox    answers after {SANDBOX_LATENCY * 1000:.0f} ms (column c only)")
+    print("  broker     filesystem transport, no worker: the messages pile up (d: broker down)")
+    print(
+        f"  target     app adds <= {TARGET_ADDED_MEDIAN_MS} ms median, "
+        f"<= {TARGET_ADDED_P99_MS} ms p99 (a - b)"
+    )
+    print()
+    header = (
+        f"{'column':<26} {'median ms':>9} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'vs b med':>8} {'vs b p99':>8} {'events':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    base = results["b"]
+    for column, label in COLUMNS:
+        result = results[column]
+        print(
+            f"{'(' + column + ') ' + label:<26} {result['median']:>9.2f} {result['p95']:>8.2f} "
+            f"{result['p99']:>8.2f} {result['median'] - base['median']:>+8.2f} "
+            f"{result['p99'] - base['p99']:>+8.2f} {effects[column]['rows']:>6}"
+        )
+    print()
+    print(f"  broker messages published (a): {messages['a']} of {counts['a'] + WARMUP_ORDERS}")
+    print(f"  broker messages published (d): {messages['d']} (broker down: none expected)")
+    print(f"  enqueue failures logged (d):   {warnings['d']} (the sweeper delivers those events)")
+    print(f"  sandbox requests received (c): {sandbox_requests}")
+    added_median = results["a"]["median"] - base["median"]
+    added_p99 = results["a"]["p99"] - base["p99"]
+    print()
+    verdicts = []
+    for what, added, target in (
+        ("median", added_median, TARGET_ADDED_MEDIAN_MS),
+        ("p99", added_p99, TARGET_ADDED_P99_MS),
+    ):
+        ok = added <= target
+        verdicts.append(ok)
+        print(
+            f"App's added {what:<6} {added:+7.2f} ms   target <= {target} ms   "
+            f"{'ok' if ok else 'MISS'}"
+        )
+    print()
+    print("All targets met." if all(verdicts) else "TARGET MISSED.")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_dir = tempfile.mkdtemp(prefix="tiktok-bench-checkout-")
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
+    url = args.database_url or f"sqlite:///{os.path.join(run_dir, 'bench-checkout.sqlite3')}"
+    database_name(url)
+    created = False
+    if is_postgres(url):
+        created = create_postgres_database(url)
+    try:
+        setup_django(url, run_dir)
+        from django.conf import settings
+
+        from tiktok_tracking.client import EventsApiClient
+        from tiktok_tracking.sandbox.server import SandboxServer
+
+        sandbox = SandboxServer().start()
+        sandbox.set_latency(SANDBOX_LATENCY)
+        api_client = EventsApiClient(
+            sandbox.events_url, "bench-access-token-0123456789", timeout=5.0
+        )
+        broker_dir = str(settings.BROKER_DIR)
+        counts = {column: args.orders for column, _ in COLUMNS}
+        counts["d"] = args.broker_down_orders
+        results, messages, warnings = {}, {}, {}
+        try:
+            for column, label in COLUMNS:
+                print(f"Timing ({column}) {label} ...", flush=True)
+                before = broker_messages(broker_dir)
+                warmups = BROKER_DOWN_WARMUP_ORDERS if column == "d" else WARMUP_ORDERS
+                times, warnings[column] = run_column(column, counts[column], warmups, api_client)
+                results[column] = figures(times)
+                messages[column] = broker_messages(broker_dir) - before
+            sandbox_requests = len(sandbox.requests)
+        finally:
+            api_client.close()
+            sandbox.stop()
+        effects = check_effects(counts)
+        print_report(results, effects, messages, counts, warnings, sandbox_requests)
+    finally:
+        if created:
+            drop_postgres_database(url)
+            print(f"Dropped database {database_name(url)}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
