@@ -211,3 +211,37 @@ def test_order_admin_panel_shows_the_order_s_events(admin_client_):
     html = admin_client_.get(f"/admin/shop/order/{order.pk}/change/").content.decode()
     assert "TikTok tracking" in html
     assert "order_77" in html and "Server only" in html
+
+
+@pytest.mark.django_db
+def test_detail_query_count_does_not_grow_with_attempts(admin_client_):
+    row = make_rows(1, status=Status.FAILED)[0]
+
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client_.get(f"{LIST_URL}{row.pk}/change/").status_code == 200
+        return len(captured)
+
+    DeliveryAttempt.objects.create(tracked_event=row, outcome="transient", batch_size=1)
+    few = queries()
+    DeliveryAttempt.objects.bulk_create(
+        [DeliveryAttempt(tracked_event=row, outcome="transient", batch_size=1) for _ in range(40)]
+    )
+    assert queries() == few
+
+
+@pytest.mark.django_db
+def test_order_panel_query_count_does_not_grow_with_events(admin_client_):
+    order = Order.objects.create(number="88", total=Decimal("5.00"))
+
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client_.get(f"/admin/shop/order/{order.pk}/change/").status_code == 200
+        return len(captured)
+
+    make_rows(1, prefix="x")
+    TrackedEvent.objects.update(order_id="88")
+    few = queries()
+    make_rows(20, prefix="y")
+    TrackedEvent.objects.update(order_id="88")
+    assert queries() == few
