@@ -11,6 +11,8 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 
+from bench.common import create_postgres_database, database_name, setup_django
+
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tiktok_bench"
 DEFAULT_ROWS = 1_000_000
 # Bump when the generated data changes, so that a kept dataset of an older shape is reloaded.
@@ -99,41 +101,6 @@ def parse_args(argv=None):
 
 
 # --- database and Django ------------------------------------------------------------------------
-
-
-def ensure_database(url):
-    """Create the database named in ``url`` unless it exists; returns its name."""
-    import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    name = conninfo_to_dict(url).get("dbname")
-    if not name or "bench" not in name:
-        sys.exit(
-            f"Refusing to use database {name!r}: the benchmark truncates its tables, "
-            "so its name must contain 'bench'."
-        )
-    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            print(f"Created database {name}.")
-    return name
-
-
-def setup_django(url):
-    """Configure the test project's settings for ``url`` and migrate it."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    os.environ["DATABASE_URL"] = url
-    run_dir = tempfile.mkdtemp(prefix="tiktok-bench-")
-    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
-    os.environ["TIKTOK_TEST_RUN_DIR"] = run_dir
-    os.environ.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
 
 
 # --- the dataset --------------------------------------------------------------------------------
@@ -694,8 +661,12 @@ def print_report(results, load_note):
 
 def main(argv=None):
     args = parse_args(argv)
-    ensure_database(args.database_url)
-    setup_django(args.database_url)
+    name = database_name(args.database_url, "truncates its tables")
+    if create_postgres_database(args.database_url, name):
+        print(f"Created database {name}.")
+    run_dir = tempfile.mkdtemp(prefix="tiktok-bench-")
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
+    setup_django(args.database_url, run_dir)
     from django.db import connection
 
     with connection.cursor() as cursor:

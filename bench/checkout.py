@@ -12,8 +12,17 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
-from urllib.parse import urlsplit
 
+from bench.common import (
+    create_postgres_database,
+    database_name,
+    drop_postgres_database,
+    is_postgres,
+    setup_django,
+)
+
+# Why the benchmark refuses databases not named for it.
+PURPOSE = "writes orders and events into it"
 DEFAULT_ORDERS = 300
 DEFAULT_BROKER_DOWN_ORDERS = 50
 WARMUP_ORDERS = 10
@@ -65,63 +74,6 @@ def parse_args(argv=None):
 
 
 # --- database and Django ------------------------------------------------------------------------
-
-
-def database_name(url):
-    """The database's name; a benchmark must not touch a database not named for it."""
-    path = urlsplit(url).path.lstrip("/")
-    name = os.path.basename(path) if url.startswith("sqlite") else path
-    if "bench" not in name:
-        sys.exit(
-            f"Refusing to use database {name!r}: the benchmark writes orders and events into it, "
-            "so its name must contain 'bench'."
-        )
-    return name
-
-
-def is_postgres(url):
-    return url.startswith(("postgres://", "postgresql://", "pgsql://"))
-
-
-def create_postgres_database(url):
-    """Create the database unless it exists; True when this run created it."""
-    import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
-    name = database_name(url)
-    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return True
-
-
-def drop_postgres_database(url):
-    import psycopg
-    from django.db import connections
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
-    connections.close_all()
-    name = database_name(url)
-    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def setup_django(url, run_dir):
-    """The test project's settings (filesystem broker in ``run_dir``) on ``url``, migrated."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    os.environ["DATABASE_URL"] = url
-    os.environ["TIKTOK_TEST_RUN_DIR"] = run_dir
-    os.environ.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
-    os.environ.pop("CELERY_BROKER_URL", None)  # the publish must land in the temporary folder
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
 
 
 # --- the four ways the payment can be confirmed -------------------------------------------------
@@ -358,10 +310,10 @@ def main(argv=None):
     run_dir = tempfile.mkdtemp(prefix="tiktok-bench-checkout-")
     atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     url = args.database_url or f"sqlite:///{os.path.join(run_dir, 'bench-checkout.sqlite3')}"
-    database_name(url)
+    name = database_name(url, PURPOSE)
     created = False
     if is_postgres(url):
-        created = create_postgres_database(url)
+        created = create_postgres_database(url, name)
     try:
         setup_django(url, run_dir)
         from django.conf import settings
@@ -394,8 +346,8 @@ def main(argv=None):
         print_report(results, effects, messages, counts, warnings, sandbox_requests)
     finally:
         if created:
-            drop_postgres_database(url)
-            print(f"Dropped database {database_name(url)}.")
+            drop_postgres_database(url, name)
+            print(f"Dropped database {name}.")
     return 0
 
 

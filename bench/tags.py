@@ -11,6 +11,8 @@ import timeit
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from bench.common import setup_django
+
 TARGET_US = 50
 REPEATS = 5
 DEFAULT_LOOPS = 2000
@@ -32,20 +34,6 @@ def parse_args(argv=None):
     if args.loops < 1:
         parser.error("--loops must be at least 1")
     return args
-
-
-def setup_django(run_dir):
-    """The test project's settings on a migrated SQLite file in ``run_dir``."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    os.environ["TIKTOK_TEST_RUN_DIR"] = run_dir
-    os.environ["DATABASE_URL"] = f"sqlite:///{os.path.join(run_dir, 'bench-tags.sqlite3')}"
-    os.environ.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
 
 
 def make_order():
@@ -98,7 +86,7 @@ def main(argv=None):
     args = parse_args(argv)
     run_dir = tempfile.mkdtemp(prefix="tiktok-bench-tags-")
     atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
-    setup_django(run_dir)
+    setup_django(f"sqlite:///{os.path.join(run_dir, 'bench-tags.sqlite3')}", run_dir)
     import django
     from django.template import Context
 

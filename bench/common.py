@@ -1,0 +1,60 @@
+"""What every benchmark shares: the test project's settings on a chosen database, and PostgreSQL."""
+
+import os
+import sys
+from urllib.parse import urlsplit
+
+
+def database_name(url, purpose):
+    """The database's name; a benchmark refuses any database not named for it."""
+    path = urlsplit(url).path.lstrip("/")
+    name = os.path.basename(path) if url.startswith("sqlite") else path
+    if "bench" not in name:
+        sys.exit(
+            f"Refusing to use database {name!r}: the benchmark {purpose}, "
+            "so its name must contain 'bench'."
+        )
+    return name
+
+
+def is_postgres(url):
+    return url.startswith(("postgres://", "postgresql://", "pgsql://"))
+
+
+def create_postgres_database(url, name):
+    """Create the database unless it exists; True when this call created it."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return True
+
+
+def drop_postgres_database(url, name):
+    import psycopg
+    from django.db import connections
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    connections.close_all()
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def setup_django(url, run_dir):
+    """The test project's settings on ``url`` (filesystem broker in ``run_dir``), migrated."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    os.environ["DATABASE_URL"] = url
+    os.environ["TIKTOK_TEST_RUN_DIR"] = run_dir
+    os.environ.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
+    os.environ.pop("CELERY_BROKER_URL", None)  # a publish must land in the temporary folder
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
