@@ -6,6 +6,7 @@ import re
 import signal
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from tests.browser.conftest import read_ttq_queue
+from tests.conftest import wait_until as shared_wait_until
 from tests.demo.test_demo_shop import (
     START_TIMEOUT,
     STOP_TIMEOUT,
@@ -29,14 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TIKTOK_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts"))
 
 
-def wait_until(predicate, timeout=30, message="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.25)
-    pytest.fail(f"timed out waiting for {message}")
+# Slower polling than the suite's default: each admin check also saves a screenshot.
+wait_until = partial(shared_wait_until, timeout=30, interval=0.25)
 
 
 @pytest.fixture
