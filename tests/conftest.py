@@ -1,10 +1,6 @@
 """Shared fixtures: the sandbox over real HTTP, real Celery worker and beat processes, services."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from tests import processes
 from tiktok_tracking.sandbox import SandboxServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,14 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def wait_until(predicate, timeout=20.0, interval=0.05, message="condition"):
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"Timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    try:
+        return processes.poll_until(predicate, timeout=timeout, interval=interval, message=message)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -44,48 +37,6 @@ def sandbox(sandbox_server):
     sandbox_server.reset()
     yield sandbox_server
     sandbox_server.reset()
-
-
-class CeleryProcess:
-    """A real ``celery worker`` or ``celery beat`` process running the test settings."""
-
-    def __init__(self, kind, args, env, log_path):
-        self.kind = kind
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.celery_app", kind, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self):
-        return Path(self.log_path).read_text(errors="replace")
-
-    def wait_ready(self, marker, timeout=60):
-        def ready():
-            if self.process.poll() is not None:
-                pytest.fail(f"celery {self.kind} exited early:\n{self.log()}")
-            return marker in self.log()
-
-        wait_until(ready, timeout=timeout, message=f"celery {self.kind} to start")
-
-    def kill(self):
-        """SIGKILL: no clean shutdown, no ack, exactly what a crash or OOM kill does."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
 
 
 @pytest.fixture
@@ -113,22 +64,10 @@ def start_worker(celery_env, tmp_path):
     started = []
 
     def start():
-        name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
-        worker = CeleryProcess(
-            "worker",
-            [
-                "--pool=solo",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                f"--hostname={name}@%h",
-            ],
-            celery_env,
-            tmp_path / f"{name}.log",
+        worker = processes.start_worker(
+            celery_env, tmp_path, name=f"w{len(started)}-{uuid.uuid4().hex[:6]}"
         )
         started.append(worker)
-        worker.wait_ready(" ready.")
         return worker
 
     yield start
@@ -142,19 +81,8 @@ def start_beat(celery_env, tmp_path):
     started = []
 
     def start():
-        beat = CeleryProcess(
-            "beat",
-            [
-                "--loglevel=INFO",
-                "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
-                "--max-interval=1",
-                f"--pidfile={tmp_path / 'beat.pid'}",
-            ],
-            celery_env,
-            tmp_path / "beat.log",
-        )
+        beat = processes.start_beat(celery_env, tmp_path)
         started.append(beat)
-        beat.wait_ready("beat: Starting...")
         return beat
 
     yield start

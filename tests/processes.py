@@ -1,0 +1,122 @@
+"""Real ``celery worker`` and ``celery beat`` processes on the test project, for tests and benches.
+
+No pytest here: the benchmarks start the same processes the tests do.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_READY = " ready."
+BEAT_READY = "beat: Starting..."
+
+
+class ProcessFailed(RuntimeError):
+    """A process exited, or did not become ready, in time; the message carries its log."""
+
+
+def poll_until(predicate, timeout=20.0, interval=0.05, message="condition"):
+    """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class CeleryProcess:
+    """A real ``celery worker`` or ``celery beat`` process running the test settings."""
+
+    def __init__(self, kind, args, env, log_path):
+        self.kind = kind
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.celery_app", kind, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def wait_ready(self, marker, timeout=60):
+        def ready():
+            if self.process.poll() is not None:
+                raise ProcessFailed(f"celery {self.kind} exited early:\n{self.log()}")
+            return marker in self.log()
+
+        try:
+            poll_until(ready, timeout=timeout, message=f"celery {self.kind} to start")
+        except TimeoutError as exc:
+            self.stop()
+            raise ProcessFailed(f"{exc}:\n{self.log()}") from None
+        except ProcessFailed:
+            self.stop()
+            raise
+        return self
+
+    def kill(self):
+        """SIGKILL: no clean shutdown, no ack, exactly what a crash or OOM kill does."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def start_worker(env, log_dir, *, name=None, extra_args=()):
+    """One solo-pool worker (one process, one task at a time), started and ready."""
+    name = name or f"w-{uuid.uuid4().hex[:6]}"
+    worker = CeleryProcess(
+        "worker",
+        [
+            "--pool=solo",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            f"--hostname={name}@%h",
+            *extra_args,
+        ],
+        env,
+        Path(log_dir) / f"{name}.log",
+    )
+    return worker.wait_ready(WORKER_READY)
+
+
+def start_beat(env, log_dir):
+    """A beat process with django-celery-beat's DatabaseScheduler, started and ready."""
+    log_dir = Path(log_dir)
+    beat = CeleryProcess(
+        "beat",
+        [
+            "--loglevel=INFO",
+            "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
+            "--max-interval=1",
+            f"--pidfile={log_dir / 'beat.pid'}",
+        ],
+        env,
+        log_dir / "beat.log",
+    )
+    return beat.wait_ready(BEAT_READY)
