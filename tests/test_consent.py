@@ -122,12 +122,30 @@ def test_consent_endpoint_appends_to_the_log_and_sets_the_cookie():
 @pytest.mark.django_db
 def test_consent_endpoint_rejects_bad_input_and_cross_site_posts():
     assert Client().post("/tiktok/consent/", {"status": "maybe"}).status_code == 400
-    assert Client().get("/tiktok/consent/").status_code == 405
+    assert Client().put("/tiktok/consent/").status_code == 405
     assert (
         Client(enforce_csrf_checks=True).post("/tiktok/consent/", {"status": "granted"}).status_code
         == 403
     )
     assert not ConsentRecord.objects.exists()
+
+
+@pytest.mark.django_db
+def test_consent_get_answers_the_state_and_the_token_the_post_needs():
+    client = Client(enforce_csrf_checks=True)
+    client.cookies["country"] = "DE"
+    response = client.get("/tiktok/consent/")
+    state = response.json()
+    token = state.pop("csrf_token")
+    assert state == {"ok": True, "status": None, "allowed": False, "limited_data_use": False}
+    # The token and the cookie it pairs with must never be cached for another visitor.
+    assert "no-store" in response["Cache-Control"]
+    assert not ConsentRecord.objects.exists()
+
+    granted = client.post("/tiktok/consent/", {"status": "granted"}, headers={"X-CSRFToken": token})
+    assert granted.status_code == 200
+    assert client.get("/tiktok/consent/").json()["status"] == "granted"
+    assert ConsentRecord.objects.get().status == "granted"
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """Consent policy: whether an event may leave the shop, per lane, checked again at send time."""
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tiktok_tracking import conf
 
@@ -40,6 +41,8 @@ class ConsentDecision:
     reason: str = ""
 
 
+# Pure and asked with few distinct arguments (countries x statuses), for every page and event.
+@lru_cache(maxsize=4096)
 def decide(policy, *, lane, country, status, global_privacy_control=False):
     """Decide for one visitor and lane. ``status`` is "granted", "denied" or None (not asked).
 
@@ -71,11 +74,21 @@ def decide(policy, *, lane, country, status, global_privacy_control=False):
 
 def policy_from_settings():
     """The policy configured in ``TIKTOK_TRACKING`` (read at call time)."""
+    return _policy(
+        tuple(conf.get("CONSENT_OPT_IN_COUNTRIES")),
+        tuple(conf.get("CONSENT_LIMITED_DATA_USE_COUNTRIES")),
+        conf.get("UNKNOWN_COUNTRY_POLICY"),
+        str(conf.get("CONSENT_POLICY_VERSION")),
+    )
+
+
+@lru_cache(maxsize=16)
+def _policy(opt_in_countries, limited_data_use_countries, unknown_country, version):
+    # Keyed on the settings' values, so a changed setting still takes effect at once; the
+    # country sets are built once instead of on every page and every event.
     return ConsentPolicy(
-        opt_in_countries=frozenset(c.upper() for c in conf.get("CONSENT_OPT_IN_COUNTRIES")),
-        limited_data_use_countries=frozenset(
-            c.upper() for c in conf.get("CONSENT_LIMITED_DATA_USE_COUNTRIES")
-        ),
-        unknown_country=conf.get("UNKNOWN_COUNTRY_POLICY"),
-        version=str(conf.get("CONSENT_POLICY_VERSION")),
+        opt_in_countries=frozenset(c.upper() for c in opt_in_countries),
+        limited_data_use_countries=frozenset(c.upper() for c in limited_data_use_countries),
+        unknown_country=unknown_country,
+        version=version,
     )

@@ -63,19 +63,26 @@ class BrowserContext:
     locale: str | None = None
 
 
-def read_order(adapter) -> OrderFacts:
-    """The facts of ``adapter``'s order, each validated again and the match keys hashed."""
+def read_order(adapter, *, match_keys=True) -> OrderFacts:
+    """The facts of ``adapter``'s order, each validated again and the match keys hashed.
+
+    ``match_keys=False`` skips the customer's email, phone and id: the browser lane's events
+    carry only the order's properties.
+    """
     # A shop's subclass may return anything, so its answers pass the same validators again.
-    return OrderFacts(
-        order_id=clean_order_id(adapter.order_id()),
-        value=clean_value(adapter.value()),
-        currency=clean_currency(adapter.currency()),
-        contents=tuple(clean_contents(adapter.contents())),
-        email_sha256=hash_email(adapter.email()),
-        phone_sha256=hash_phone(adapter.phone()),
-        external_id_sha256=hash_external_id(adapter.external_id()),
-        country=_country_or_none(adapter),
-    )
+    order_id = clean_order_id(adapter.order_id())
+    value = clean_value(adapter.value())
+    currency = clean_currency(adapter.currency())
+    contents = tuple(clean_contents(adapter.contents()))
+    if match_keys:
+        hashed = (
+            hash_email(adapter.email()),
+            hash_phone(adapter.phone()),
+            hash_external_id(adapter.external_id()),
+        )
+    else:
+        hashed = (None, None, None)
+    return OrderFacts(order_id, value, currency, contents, *hashed, _country_or_none(adapter))
 
 
 def _country_or_none(adapter):

@@ -1,5 +1,8 @@
 """Browser receipts: a signed token per rendered event, and recording that the pixel fired it."""
 
+from functools import lru_cache
+
+from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -15,7 +18,15 @@ class InvalidReceipt(ValueError):
 
 def receipt_token(pixel_id, event, event_id):
     """A token the page sends back to prove this server rendered this event (HMAC, timestamped)."""
-    return signing.TimestampSigner(salt=SALT).sign_object([pixel_id, event, event_id])
+    return _signer(settings.SECRET_KEY, tuple(settings.SECRET_KEY_FALLBACKS)).sign_object(
+        [pixel_id, event, event_id]
+    )
+
+
+@lru_cache(maxsize=4)
+def _signer(secret_key, fallbacks):
+    # One signer per key set: a changed SECRET_KEY (rotation, tests) gets a signer of its own.
+    return signing.TimestampSigner(key=secret_key, fallback_keys=fallbacks, salt=SALT)
 
 
 def read_receipt_token(token, max_age=None):

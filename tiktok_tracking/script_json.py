@@ -4,7 +4,7 @@ import json
 from decimal import Decimal
 
 from django.utils.functional import Promise
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 
 # With "<" gone no "</script", "<!--" or "<script" can appear; ">" and "&" go too so that the
 # output is equally safe in an HTML attribute or an XHTML page (where "]]>" and entities count).
@@ -22,6 +22,16 @@ def _encode_other(value):
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+# Built once: json.dumps with these options would build an encoder on every call.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=True,
+    separators=(",", ":"),
+    sort_keys=False,
+    allow_nan=False,
+    default=_encode_other,
+)
+
+
 def script_json(value) -> SafeString:
     """``value`` as a JSON literal that cannot end the ``<script>`` element it is written into.
 
@@ -29,12 +39,4 @@ def script_json(value) -> SafeString:
     terminators in older JavaScript). Raises ValueError for NaN or infinity (TikTok rejects them
     and JSON has no spelling for them) and TypeError for values JSON cannot represent.
     """
-    encoded = json.dumps(
-        value,
-        ensure_ascii=True,
-        separators=(",", ":"),
-        sort_keys=False,
-        allow_nan=False,
-        default=_encode_other,
-    )
-    return mark_safe(encoded.translate(_SCRIPT_ESCAPES))  # noqa: S308 - escaped just above
+    return SafeString(_ENCODER.encode(value).translate(_SCRIPT_ESCAPES))

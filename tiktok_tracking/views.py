@@ -3,8 +3,10 @@
 import json
 
 from django.http import JsonResponse
+from django.middleware.csrf import get_token
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from tiktok_tracking import conf
 from tiktok_tracking.consent import STATUSES
@@ -19,14 +21,19 @@ def _error(status, message):
     return JsonResponse({"ok": False, "error": message}, status=status)
 
 
-@require_POST
+@never_cache
+@require_http_methods(["GET", "POST"])
 def consent(request):
-    """Record the visitor's choice (``status`` = granted or denied) and remember it in a cookie.
+    """POST records the visitor's choice (``status`` = granted or denied) in a cookie and the log.
 
-    CSRF-protected: a third-party page must not be able to grant consent for a visitor.
+    CSRF-protected: a third-party page must not be able to grant consent for a visitor. GET
+    answers the visitor's current state with the CSRF token the POST needs, so pages need not
+    carry one (another origin cannot read the answer).
     """
     from tiktok_tracking.models import ConsentRecord
 
+    if request.method == "GET":
+        return _consent_state(request)
     status = request.POST.get("status", "")
     if status not in STATUSES:
         return _error(400, "status must be 'granted' or 'denied'")
@@ -51,6 +58,20 @@ def consent(request):
     )
     set_consent_cookie(response, status)
     return response
+
+
+def _consent_state(request):
+    visitor = get_visitor(request)
+    decision = visitor.decision()
+    return JsonResponse(
+        {
+            "ok": True,
+            "status": visitor.consent_status,
+            "allowed": decision.allowed,
+            "limited_data_use": decision.limited_data_use,
+            "csrf_token": get_token(request),
+        }
+    )
 
 
 @csrf_exempt  # sendBeacon cannot send a CSRF header; the signed token is the proof instead.

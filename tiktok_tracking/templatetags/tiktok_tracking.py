@@ -8,12 +8,15 @@ developer viewing the page source can tell "off" from "broken".
 
 import logging
 import uuid
+from functools import lru_cache
+from html import escape
 
 from django import template
-from django.middleware.csrf import get_token
 from django.template.base import kwarg_re
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_urlconf, reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import get_language
 
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import clean_value, get_adapter_class
@@ -29,7 +32,6 @@ register = template.Library()
 logger = logging.getLogger(__name__)
 
 PIXEL_TEMPLATE = "tiktok_tracking/pixel.html"
-TRACK_TEMPLATE = "tiktok_tracking/track.html"
 
 # Events rendered without an order (ViewContent, AddToCart...) have nothing to derive an id
 # from, and the server lane does not send them, so a random id cannot split a merge.
@@ -77,9 +79,21 @@ def _csp_nonce(request):
     return str(nonce) if nonce else None
 
 
-def _endpoint(name):
+def _endpoints():
+    """``(consent_url, receipt_url)``; None for each the shop's URLconf does not include."""
+    # Keyed on the resolver object, which Django replaces when the URLconf changes, and on what
+    # else reverse() reads: the script prefix and the language (for i18n_patterns).
+    return _reverse_endpoints(get_resolver(get_urlconf()), get_script_prefix(), get_language())
+
+
+@lru_cache(maxsize=64)
+def _reverse_endpoints(resolver, script_prefix, language):
+    return tuple(_endpoint(name, resolver.urlconf_name) for name in ("consent", "receipt"))
+
+
+def _endpoint(name, urlconf):
     try:
-        return reverse(f"tiktok_tracking:{name}")
+        return reverse(f"tiktok_tracking:{name}", urlconf=urlconf)
     except NoReverseMatch:
         # The shop has not included tiktok_tracking.urls: the pixel works without the endpoints.
         return None
@@ -89,6 +103,29 @@ def _render(context, template_name, data):
     # The engine rendering the page, not the default one: a shop may configure several.
     tag_template = context.template.engine.get_template(template_name)
     return tag_template.render(template.Context(data, autoescape=True))
+
+
+def _track_script(nonce, event, encoded_properties, event_id, receipt=None):
+    """One event for the pixel: ``ttq.track(event, properties, {event_id})`` and its receipt.
+
+    It needs ``{% tiktok_pixel %}`` earlier on the page: without the base code there is no
+    ``ttq`` to call, and the event is skipped rather than half sent. Built here rather than from
+    a template file because it is this small and a page may carry many.
+    """
+    lines = [
+        f'<script nonce="{escape(nonce, quote=True)}">' if nonce else "<script>",
+        "if (window.ttq) {",
+        f"  window.ttq.track({script_json(event)}, {encoded_properties}, "
+        f"{script_json({'event_id': event_id})});",
+    ]
+    if receipt is not None:
+        lines.append(
+            "  if (window.tiktokTracking) "
+            f"window.tiktokTracking.sendReceipt({script_json(receipt)});"
+        )
+    lines += ["}", "</script>"]
+    # Every value was encoded by script_json (safe inside a script) or escaped just above.
+    return SafeString("\n".join(lines))
 
 
 def _is_missing(order):
@@ -123,14 +160,16 @@ def tiktok_pixel(context, email=None, phone=None, external_id=None):
             ("external_id", hash_external_id(external_id if external_id != "" else None)),
         )
         identity = {key: value for key, value in hashed if value}
+    consent_url, receipt_url = _endpoints()
+    # No CSRF token here: masking one costs more than the rest of the tag, and only a visitor
+    # who answers the banner needs it; the page fetches it from the consent endpoint then.
     config = {
         "pixelId": pixel_id,
         "scriptUrl": conf.get("PIXEL_SCRIPT_URL"),
         "hold": decision.hold,
         "limitedDataUse": decision.limited_data_use,
-        "consentUrl": _endpoint("consent"),
-        "receiptUrl": _endpoint("receipt"),
-        "csrfToken": get_token(request),
+        "consentUrl": consent_url,
+        "receiptUrl": receipt_url,
     }
     return _render(
         context,
@@ -241,7 +280,7 @@ class TrackNode(template.Node):
                 if _is_missing(order):
                     return _comment(self.event, "not sent", "no order in template context")
                 # The same id and properties the server lane records, so TikTok merges the two.
-                facts = read_order(_adapter(order))
+                facts = read_order(_adapter(order), match_keys=False)
                 properties = order_properties(facts)
                 event_id = event_id_for(self.event, facts.order_id)
             elif "event_id" in self.arguments:
@@ -260,16 +299,7 @@ class TrackNode(template.Node):
             return _comment(self.event, "not sent", f"invalid property: {exc.field}")
         except (TypeError, ValueError):
             return _comment(self.event, "not sent", "a property cannot be sent as JSON")
-        return _render(
-            context,
-            TRACK_TEMPLATE,
-            {
-                "nonce": _csp_nonce(request),
-                "event": script_json(self.event),
-                "properties": encoded_properties,
-                "options": script_json({"event_id": event_id}),
-            },
-        )
+        return _track_script(_csp_nonce(request), self.event, encoded_properties, event_id)
 
 
 # {% tiktok_purchase order %} ------------------------------------------------------------------
@@ -289,7 +319,7 @@ def tiktok_purchase(context, order, suffix=None):
     if _is_missing(order):
         return _comment("purchase", "not sent", "no order in template context")
     try:
-        facts = read_order(_adapter(order))
+        facts = read_order(_adapter(order), match_keys=False)
         event_id = event_id_for(event, facts.order_id, suffix)
         properties = order_properties(facts)
     except InvalidOrderData as exc:
@@ -298,14 +328,10 @@ def tiktok_purchase(context, order, suffix=None):
         logger.exception("Could not read the order for the TikTok %s event", event)
         return _comment("purchase", "not sent", "the order could not be read, see the log")
     pixel_id = str(conf.get("PIXEL_ID"))
-    return _render(
-        context,
-        TRACK_TEMPLATE,
-        {
-            "nonce": _csp_nonce(request),
-            "event": script_json(event),
-            "properties": script_json(properties),
-            "options": script_json({"event_id": event_id}),
-            "receipt": script_json(receipt_token(pixel_id, event, event_id)),
-        },
+    return _track_script(
+        _csp_nonce(request),
+        event,
+        script_json(properties),
+        event_id,
+        receipt=receipt_token(pixel_id, event, event_id),
     )
