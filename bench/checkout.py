@@ -24,14 +24,16 @@ from bench.common import (
 # Why the benchmark refuses databases not named for it.
 PURPOSE = "writes orders and events into it"
 DEFAULT_ORDERS = 300
-DEFAULT_BROKER_DOWN_ORDERS = 50
 WARMUP_ORDERS = 10
-# Each request of column d waits out Celery's connection timeout: a few warm-ups are enough.
-BROKER_DOWN_WARMUP_ORDERS = 2
+# How long the publisher may take, after a column, to publish (or fail to publish) its wake-ups:
+# with the broker down each attempt waits out Celery's connection timeout.
+PUBLISH_FLUSH_SECONDS = 60
 SANDBOX_LATENCY = 0.3
 TARGET_ADDED_MEDIAN_MS = 2
 TARGET_ADDED_P99_MS = 5
 UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:1//"
+# Nothing listens on port 9 (discard): TikTok unreachable.
+UNREACHABLE_API_URL = "http://127.0.0.1:9/open_api/v1.3/event/track/"
 DISPATCH_UID = "tiktok_tracking.on_payment_completed"
 NAIVE_DISPATCH_UID = "bench.checkout.naive"
 COLUMNS = (
@@ -39,6 +41,7 @@ COLUMNS = (
     ("b", "receiver disconnected"),
     ("c", "naive: sync POST"),
     ("d", "app, broker down"),
+    ("e", "app, API down"),
 )
 
 
@@ -60,16 +63,9 @@ def parse_args(argv=None):
         "postgres://postgres@127.0.0.1:5432/tiktok_bench_checkout; its name must contain "
         "'bench'. A PostgreSQL database is created if missing and then dropped afterwards",
     )
-    parser.add_argument(
-        "--broker-down-orders",
-        type=int,
-        default=DEFAULT_BROKER_DOWN_ORDERS,
-        help=f"timed pay requests of column d (default {DEFAULT_BROKER_DOWN_ORDERS}): each waits "
-        "out the broker connection timeout",
-    )
     args = parser.parse_args(argv)
-    if args.orders < 10 or args.broker_down_orders < 10:
-        parser.error("--orders and --broker-down-orders must be at least 10")
+    if args.orders < 10:
+        parser.error("--orders must be at least 10")
     return args
 
 
@@ -126,7 +122,9 @@ def naive_receiver(api_client):
 
 @contextmanager
 def column_setup(column, api_client):
-    """Connect the receivers (and break the broker) that ``column`` measures."""
+    """Connect the receivers (and break the broker or the API) that ``column`` measures."""
+    from django.conf import settings
+
     from tests.celery_app import app
     from tiktok_tracking.receivers import on_payment_completed
     from tiktok_tracking.signals import payment_completed
@@ -137,6 +135,7 @@ def column_setup(column, api_client):
         app.amqp._producer_pool = None
 
     saved_write_url = app.conf.get("broker_write_url")
+    saved_tracking = settings.TIKTOK_TRACKING
     naive = naive_receiver(api_client)
     if column in ("b", "c"):
         payment_completed.disconnect(dispatch_uid=DISPATCH_UID)
@@ -145,9 +144,12 @@ def column_setup(column, api_client):
     if column == "d":
         app.conf.broker_write_url = UNREACHABLE_BROKER
         reset_pools()
+    if column == "e":
+        settings.TIKTOK_TRACKING = {**saved_tracking, "API_URL": UNREACHABLE_API_URL}
     try:
         yield
     finally:
+        settings.TIKTOK_TRACKING = saved_tracking
         payment_completed.disconnect(dispatch_uid=NAIVE_DISPATCH_UID)
         payment_completed.connect(on_payment_completed, dispatch_uid=DISPATCH_UID)
         if column == "d":
@@ -177,21 +179,25 @@ class CountingHandler(logging.Handler):
 
 @contextmanager
 def counted_warnings():
-    logger = logging.getLogger("tiktok_tracking.receivers")
+    loggers = [logging.getLogger(f"tiktok_tracking.{name}") for name in ("receivers", "publisher")]
     handler = CountingHandler()
-    logger.addHandler(handler)
-    saved = logger.propagate
-    logger.propagate = False
+    saved = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
     try:
         yield handler
     finally:
-        logger.propagate = saved
-        logger.removeHandler(handler)
+        for logger, propagate in zip(loggers, saved, strict=True):
+            logger.propagate = propagate
+            logger.removeHandler(handler)
 
 
 def run_column(column, orders, warmups, api_client):
     """Warm up, then time one pay request per fresh order; returns the times and warnings."""
     from django.test import Client
+
+    from tiktok_tracking.publisher import publisher
 
     client = Client()
     # The shop's country switch: a US visitor, whose purchase the consent policy lets through.
@@ -202,6 +208,9 @@ def run_column(column, orders, warmups, api_client):
         for number in warmup:
             pay(client, number)
         times = [pay(client, number) for number in timed]
+        # The wake-ups go out on the publisher's thread: let them meet this column's broker.
+        if not publisher.flush(timeout=PUBLISH_FLUSH_SECONDS):
+            sys.exit(f"column {column}: the publisher did not finish")
     return times, warnings.count
 
 
@@ -260,9 +269,9 @@ def print_report(results, effects, messages, counts, warnings, sandbox_requests)
         f"  method     Django test Client in-process, {WARMUP_ORDERS} warm-up + "
         f"{counts['a']} timed requests per column, each for a fresh unpaid order"
     )
-    print(f"             (d): {BROKER_DOWN_WARMUP_ORDERS} warm-up + {counts['d']} timed requests")
     print(f"  sandbox    answers after {SANDBOX_LATENCY * 1000:.0f} ms (column c only)")
     print("  broker     filesystem transport, no worker: the messages pile up (d: broker down)")
+    print("  API        (e): TikTok unreachable (nothing listens on the API URL)")
     print(
         f"  target     app adds <= {TARGET_ADDED_MEDIAN_MS} ms median, "
         f"<= {TARGET_ADDED_P99_MS} ms p99 (a - b)"
@@ -283,9 +292,13 @@ def print_report(results, effects, messages, counts, warnings, sandbox_requests)
             f"{result['p99'] - base['p99']:>+8.2f} {effects[column]['rows']:>6}"
         )
     print()
-    print(f"  broker messages published (a): {messages['a']} of {counts['a'] + WARMUP_ORDERS}")
+    print(
+        f"  broker messages published (a): {messages['a']} for {counts['a'] + WARMUP_ORDERS} "
+        "orders (wake-ups waiting together are published as one)"
+    )
     print(f"  broker messages published (d): {messages['d']} (broker down: none expected)")
     print(f"  enqueue failures logged (d):   {warnings['d']} (the sweeper delivers those events)")
+    print(f"  broker messages published (e): {messages['e']}")
     print(f"  sandbox requests received (c): {sandbox_requests}")
     added_median = results["a"]["median"] - base["median"]
     added_p99 = results["a"]["p99"] - base["p99"]
@@ -328,14 +341,14 @@ def main(argv=None):
         )
         broker_dir = str(settings.BROKER_DIR)
         counts = {column: args.orders for column, _ in COLUMNS}
-        counts["d"] = args.broker_down_orders
         results, messages, warnings = {}, {}, {}
         try:
             for column, label in COLUMNS:
                 print(f"Timing ({column}) {label} ...", flush=True)
                 before = broker_messages(broker_dir)
-                warmups = BROKER_DOWN_WARMUP_ORDERS if column == "d" else WARMUP_ORDERS
-                times, warnings[column] = run_column(column, counts[column], warmups, api_client)
+                times, warnings[column] = run_column(
+                    column, counts[column], WARMUP_ORDERS, api_client
+                )
                 results[column] = figures(times)
                 messages[column] = broker_messages(broker_dir) - before
             sandbox_requests = len(sandbox.requests)

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests import processes
+from tiktok_tracking.publisher import publisher
 from tiktok_tracking.sandbox import SandboxServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +112,8 @@ def broken_broker():
         reset_pools()
         try:
             yield
+            # Publishes happen on a background thread: let them meet the dead broker.
+            assert publisher.flush(timeout=30), "the background publisher did not finish"
         finally:
             app.conf.broker_write_url = saved
             reset_pools()

@@ -39,6 +39,9 @@ DEFAULTS = {
     "LEASE_SECONDS": 120,
     "DRAIN_SECONDS": 30,
     "SWEEP_INTERVAL": 60,
+    # Publish the "deliver now" task from a background thread, so that a slow or unreachable
+    # broker never holds up the request that recorded the event (the sweeper is the fallback).
+    "ENQUEUE_IN_BACKGROUND": True,
     # Privacy: raw ip and user agent are blanked this many days after delivery or failure.
     "RETENTION_DAYS": 7,
     # Consent. Opt-in countries (EU/EEA, UK, Switzerland) send nothing without a grant; other

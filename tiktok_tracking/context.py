@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, fields
 
+from django.db import connection
 from django.utils import timezone
 
 from tiktok_tracking import conf
@@ -70,28 +71,39 @@ def merge_contexts(fresh, stored):
     )
 
 
-def save_context(order_id, context, snapshot):
-    """Store (or refresh) the context of one order."""
+def save_context(order_id, context, snapshot, *, exists=None):
+    """Store (or refresh) the context of one order.
+
+    ``exists`` says whether a row is known to exist (True), known not to (False), or unknown.
+    One statement when known, two at most otherwise, and no savepoints: this runs inside the
+    shop's payment transaction. If two requests store the same new order at once, the first
+    insert stands.
+    """
     from tiktok_tracking.models import CheckoutContext
 
-    CheckoutContext.objects.update_or_create(
-        order_id=order_id,
-        defaults={
-            "ttclid": context.ttclid or "",
-            "ttp": context.ttp or "",
-            "ip": context.ip,
-            "user_agent": context.user_agent or "",
-            "page_url": context.page_url or "",
-            "referrer": context.referrer or "",
-            "locale": context.locale or "",
-            "visitor_id": snapshot.visitor_id,
-            "consent_status": snapshot.consent_status or "",
-            "country": snapshot.country or "",
-            "limited_data_use": snapshot.limited_data_use,
-            "captured_at": timezone.now(),
-            "personal_data_purged_at": None,
-        },
-    )
+    values = {
+        "ttclid": context.ttclid or "",
+        "ttp": context.ttp or "",
+        "ip": context.ip,
+        "user_agent": context.user_agent or "",
+        "page_url": context.page_url or "",
+        "referrer": context.referrer or "",
+        "locale": context.locale or "",
+        "visitor_id": snapshot.visitor_id,
+        "consent_status": snapshot.consent_status or "",
+        "country": snapshot.country or "",
+        "limited_data_use": snapshot.limited_data_use,
+        "captured_at": timezone.now(),
+        "personal_data_purged_at": None,
+    }
+    if exists is not False and CheckoutContext.objects.filter(order_id=order_id).update(**values):
+        return
+    if connection.features.supports_ignore_conflicts:
+        CheckoutContext.objects.bulk_create(
+            [CheckoutContext(order_id=order_id, **values)], ignore_conflicts=True
+        )
+    else:
+        CheckoutContext.objects.update_or_create(order_id=order_id, defaults=values)
 
 
 def stored_context(order_id):

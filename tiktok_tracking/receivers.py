@@ -3,7 +3,7 @@
 import logging
 from functools import partial
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tiktok_tracking import conf
@@ -19,6 +19,7 @@ from tiktok_tracking.context import (
 )
 from tiktok_tracking.events import build_event, event_id_for, match_key_mask, read_order
 from tiktok_tracking.exceptions import InvalidOrderData
+from tiktok_tracking.publisher import publish_deliver_task, publisher
 from tiktok_tracking.signals import payment_completed
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def record_order_event(event_name, order, *, request=None, context=None, snapsho
 
 
 def _record(event_name, order, *, request, context, snapshot, event_id_suffix=None, now=None):
-    from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+    from tiktok_tracking.models import TrackedEvent
 
     now = now or timezone.now()
     pixel_id = conf.require("PIXEL_ID")
@@ -62,21 +63,59 @@ def _record(event_name, order, *, request, context, snapshot, event_id_suffix=No
     order_id = adapter.order_id()
     event_id = event_id_for(event_name, order_id, event_id_suffix)
 
+    # One savepoint for all of it: should a statement fail, the shop's transaction must go on
+    # (on PostgreSQL an error would otherwise abort it), and the payment must still commit.
+    try:
+        with transaction.atomic():
+            row = _insert_event(
+                adapter,
+                pixel_id=pixel_id,
+                event_name=event_name,
+                event_id=event_id,
+                order_id=order_id,
+                request=request,
+                context=context,
+                snapshot=snapshot,
+                suffix=event_id_suffix,
+                now=now,
+            )
+    except IntegrityError:
+        # Already recorded (a second signal for the same payment): the first row stands.
+        return TrackedEvent.objects.get(pixel_id=pixel_id, event=event_name, event_id=event_id)
+    if row.status == TrackedEvent.Status.PENDING:
+        transaction.on_commit(partial(enqueue_delivery, [row.pk]), robust=True)
+    return row
+
+
+def _insert_event(
+    adapter, *, pixel_id, event_name, event_id, order_id, request, context, snapshot, suffix, now
+):
+    """Resolve the context, build the payload and insert the row, in the caller's savepoint."""
+    from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+
     if context is None:
         # A webhook or cron has no browser request: it sends what the checkout captured.
         context, snapshot = stored_context(order_id)
         if request is not None:
+            stored = context is not None
             context = merge_contexts(context_from_request(request), context)
             snapshot = snapshot_from_request(request, country=snapshot and snapshot.country)
-            save_context(order_id, context, snapshot)
+            if not stored:
+                # No checkout captured this order: keep this request's context for its later
+                # server events (a renewal, an upsell charged by webhook).
+                save_context(order_id, context, snapshot, exists=False)
     snapshot = snapshot or ConsentSnapshot()
 
-    defaults = {
+    fields = {
+        "pixel_id": pixel_id,
+        "event": event_name,
+        "event_id": event_id,
         "order_id": order_id,
         "event_time": now,
         "next_attempt_at": now,
         "visitor_id": snapshot.visitor_id,
         "consent_status": snapshot.consent_status or "",
+        # The thank-you page's receipt may have come first (a webhook often arrives later).
         "browser_seen_at": BrowserReceipt.objects.filter(
             pixel_id=pixel_id, event=event_name, event_id=event_id
         )
@@ -89,7 +128,7 @@ def _record(event_name, order, *, request, context, snapshot, event_id_suffix=No
         # Kept as a failed row so the admin shows the order and the reason; sending it would
         # only earn a 40002 from TikTok.
         logger.warning("Order %s has invalid tracking data: %s", order_id, exc)
-        defaults.update(
+        fields.update(
             status=TrackedEvent.Status.FAILED,
             payload={},
             country=snapshot.country or "",
@@ -100,38 +139,34 @@ def _record(event_name, order, *, request, context, snapshot, event_id_suffix=No
         decision = decide(
             policy_from_settings(), lane=SERVER, country=country, status=snapshot.consent_status
         )
-        defaults["country"] = country or ""
-        defaults["payload"] = build_event(
+        fields["country"] = country or ""
+        fields["payload"] = build_event(
             event_name,
             facts,
             event_time=now,
             context=context,
-            event_id_suffix=event_id_suffix,
+            event_id_suffix=suffix,
             limited_data_use=decision.limited_data_use or snapshot.limited_data_use,
         )
-        defaults["match_keys"] = match_key_mask(defaults["payload"])
+        fields["match_keys"] = match_key_mask(fields["payload"])
         if not decision.allowed:
-            defaults.update(
-                status=TrackedEvent.Status.SUPPRESSED, suppressed_reason=decision.reason
-            )
-
-    with transaction.atomic():
-        row, created = TrackedEvent.objects.get_or_create(
-            pixel_id=pixel_id, event=event_name, event_id=event_id, defaults=defaults
-        )
-    if created and row.status == TrackedEvent.Status.PENDING:
-        transaction.on_commit(partial(enqueue_delivery, [row.pk]), robust=True)
-    return row
+            fields.update(status=TrackedEvent.Status.SUPPRESSED, suppressed_reason=decision.reason)
+    return TrackedEvent.objects.create(**fields)
 
 
 def enqueue_delivery(tracked_event_ids):
-    """Ask a worker to deliver now. Best effort: the sweeper delivers whatever this misses."""
+    """Ask a worker to deliver now. Best effort: the sweeper delivers whatever this misses.
+
+    Published from a background thread (``ENQUEUE_IN_BACKGROUND``) so that a slow or dead
+    broker never holds up the checkout; inline when Celery runs tasks eagerly (tests).
+    """
     from tiktok_tracking.tasks import deliver_events
 
+    if conf.get("ENQUEUE_IN_BACKGROUND") and not deliver_events.app.conf.task_always_eager:
+        publisher.submit(tracked_event_ids)
+        return
     try:
-        # retry=False: a broker that is down must cost the request one failed connect, not
-        # Celery's default publish retries.
-        deliver_events.apply_async(args=[list(tracked_event_ids)], retry=False)
+        publish_deliver_task(list(tracked_event_ids))
     except Exception:
         logger.warning(
             "Could not enqueue TikTok delivery (the sweeper will deliver it)", exc_info=True

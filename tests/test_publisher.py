@@ -1,0 +1,145 @@
+"""The background publisher: the checkout hands over its wake-up and never waits for the broker."""
+
+import logging
+import os
+import threading
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+
+from tests.shop.models import Order
+from tiktok_tracking import receivers
+from tiktok_tracking.models import TrackedEvent
+from tiktok_tracking.publisher import BackgroundPublisher
+
+
+class BlockingPublish:
+    """A publish that waits for ``release`` (a broker that hangs), recording what it was given."""
+
+    def __init__(self, fail=False):
+        self.calls = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.fail = fail
+
+    def __call__(self, ids):
+        self.started.set()
+        assert self.release.wait(20), "the test never released the publish"
+        self.calls.append(list(ids))
+        if self.fail:
+            raise ConnectionError("broker down")
+
+
+def test_submit_returns_while_the_publish_hangs_and_waiting_ids_go_out_together():
+    publish = BlockingPublish()
+    publisher = BackgroundPublisher(publish)
+    publisher.submit([1])
+    assert publish.started.wait(10)
+    # The first publish hangs; these must not wait for it, and go out as one task after it.
+    publisher.submit([2])
+    publisher.submit([3, 4])
+    assert publish.calls == []
+    publish.release.set()
+    assert publisher.flush(timeout=10)
+    assert publish.calls == [[1], [2, 3, 4]]
+
+
+def test_a_failed_publish_is_logged_and_the_next_one_still_goes(caplog):
+    publish = BlockingPublish(fail=True)
+    publish.release.set()
+    publisher = BackgroundPublisher(publish)
+    with caplog.at_level(logging.WARNING, logger="tiktok_tracking.publisher"):
+        publisher.submit([1])
+        assert publisher.flush(timeout=10)
+        publish.fail = False
+        publisher.submit([2])
+        assert publisher.flush(timeout=10)
+    assert publish.calls == [[1], [2]]
+    assert "the sweeper will deliver it" in caplog.text
+
+
+def test_a_full_queue_drops_the_wake_up_with_a_warning(caplog):
+    publish = BlockingPublish()
+    publisher = BackgroundPublisher(publish, max_waiting=1)
+    publisher.submit([1])
+    assert publish.started.wait(10)  # taken off the queue, hanging in the publish
+    publisher.submit([2])  # fills the queue
+    with caplog.at_level(logging.WARNING, logger="tiktok_tracking.publisher"):
+        publisher.submit([3])
+    assert "backing up" in caplog.text
+    publish.release.set()
+    assert publisher.flush(timeout=10)
+    assert publish.calls == [[1], [2]]
+
+
+def test_flush_reports_a_publish_still_hanging():
+    publish = BlockingPublish()
+    publisher = BackgroundPublisher(publish)
+    publisher.submit([1])
+    assert publish.started.wait(10)
+    assert publisher.flush(timeout=0.05) is False
+    publish.release.set()
+    assert publisher.flush(timeout=10)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_publishes_with_a_thread_of_its_own():
+    publish = BlockingPublish()
+    publish.release.set()
+    publisher = BackgroundPublisher(publish)
+    publisher.submit([1])
+    assert publisher.flush(timeout=10)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread did not come along
+        try:
+            publisher.submit([2])
+            ok = publisher.flush(timeout=10) and publish.calls[-1] == [2]
+            os.write(write_end, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    assert os.read(read_end, 2) == b"ok"
+    os.close(read_end)
+
+
+@pytest.mark.django_db
+def test_the_pay_request_returns_while_the_publish_still_hangs(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    publish = BlockingPublish()
+    monkeypatch.setattr(receivers, "publisher", BackgroundPublisher(publish))
+    order = Order.objects.create(number="P-1", email="a@example.com", total=Decimal("5.00"))
+    client = Client()
+    client.cookies["country"] = "US"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/pay/{order.number}/")
+
+    assert response.status_code == 200
+    row = TrackedEvent.objects.get(order_id="P-1")
+    assert row.status == TrackedEvent.Status.PENDING
+    assert publish.started.wait(10)
+    assert publish.calls == []  # the request finished before the broker answered
+    publish.release.set()
+    assert receivers.publisher.flush(timeout=10)
+    assert publish.calls == [[row.pk]]
+
+
+@pytest.mark.django_db
+def test_eager_celery_publishes_inline(monkeypatch, settings):
+    from tiktok_tracking.tasks import deliver_events
+
+    published = []
+    monkeypatch.setattr(receivers, "publish_deliver_task", published.append)
+    deliver_events.app.conf.task_always_eager = True
+    try:
+        receivers.enqueue_delivery([7])
+    finally:
+        deliver_events.app.conf.task_always_eager = False
+    assert published == [[7]]
+    settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "ENQUEUE_IN_BACKGROUND": False}
+    receivers.enqueue_delivery([8])
+    assert published == [[7], [8]]
