@@ -58,3 +58,34 @@ def setup_django(url, run_dir):
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
+
+
+def make_orders(prefix, count):
+    """Unpaid orders of the test shop (one line each) for ``count`` pay requests; not timed."""
+    from decimal import Decimal
+
+    from django.db import transaction
+
+    from tests.shop.models import Order, OrderLine
+
+    numbers = [f"{prefix}-{index:05d}" for index in range(count)]
+    with transaction.atomic():
+        orders = Order.objects.bulk_create(
+            Order(
+                number=number,
+                email=f"buyer{index}@example.com",
+                phone="+1 202 555 0143",
+                country="US",
+                currency="USD",
+                total=Decimal("89.99"),
+                customer_id=f"C-{index}",
+            )
+            for index, number in enumerate(numbers)
+        )
+        if not all(order.pk for order in orders):  # backends that return no ids on bulk insert
+            orders = list(Order.objects.filter(number__in=numbers))
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, sku="SKU-123", name="Mug", quantity=1, price=order.total)
+            for order in orders
+        )
+    return numbers
