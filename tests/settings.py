@@ -97,7 +97,8 @@ TIKTOK_TRACKING = {
     "RETRY_BASE_DELAY": 0.5,
     "RETRY_MAX_DELAY": 2.0,
     "LEASE_SECONDS": 6,
-    "DRAIN_SECONDS": 5,
+    # The delivery benchmark drains for longer.
+    "DRAIN_SECONDS": env.int("TIKTOK_DRAIN_SECONDS", default=5),
     "SWEEP_INTERVAL": 1,
     # The test shop's country switch: a cookie, as a shop behind no geo-IP edge might do it.
     "COUNTRY_RESOLVER": "tests.shop.views.country_from_cookie",
@@ -105,3 +106,6 @@ TIKTOK_TRACKING = {
     # tests of its own.
     "SERVER_FUNNEL_EVENTS": (),
 }
+# The delivery benchmark compares batch sizes; unset, the app's default applies (and is tested).
+if env.str("TIKTOK_BATCH_SIZE", default=""):
+    TIKTOK_TRACKING["BATCH_SIZE"] = env.int("TIKTOK_BATCH_SIZE")
