@@ -60,6 +60,33 @@ def setup_django(url, run_dir):
     call_command("migrate", verbosity=0, interactive=False)
 
 
+def child_environment(database_url, run_dir, api_url, broker_url, **extra):
+    """What server, worker and beat processes need to share a run's database, sandbox, broker."""
+    env = dict(os.environ)
+    env.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=database_url,
+        TIKTOK_TEST_RUN_DIR=run_dir,
+        TIKTOK_API_URL=api_url,
+        CELERY_BROKER_URL=broker_url,
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def flush_broker(redis_url):
+    """Empty the Redis database a run uses as its broker."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
 def make_orders(prefix, count):
     """Unpaid orders of the test shop (one line each) for ``count`` pay requests; not timed."""
     from decimal import Decimal

@@ -17,9 +17,11 @@ from decimal import Decimal
 from pathlib import Path
 
 from bench.common import (
+    child_environment,
     create_postgres_database,
     database_name,
     drop_postgres_database,
+    flush_broker,
     setup_django,
 )
 
@@ -314,32 +316,6 @@ def request_figures():
 # --- workers and the broker ---------------------------------------------------------------------
 
 
-def worker_env(args, run_dir, api_url, batch_size):
-    env = dict(os.environ)
-    env.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=args.database_url,
-        TIKTOK_TEST_RUN_DIR=run_dir,
-        TIKTOK_API_URL=api_url,
-        CELERY_BROKER_URL=args.redis_url,
-        TIKTOK_BATCH_SIZE=str(batch_size),
-        TIKTOK_DRAIN_SECONDS=str(DRAIN_SECONDS),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def flush_broker(redis_url):
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
 def publish_deliver_tasks(redis_url, queues):
     """What the receivers do after a commit: one deliver_events message, here on each queue."""
     from celery import Celery
@@ -509,7 +485,14 @@ def run_drain(args, run_dir, sandbox, drain):
     truncate_outbox()
     sandbox.reset()
     flush_broker(args.redis_url)
-    env = worker_env(args, run_dir, sandbox.events_url, drain.batch_size)
+    env = child_environment(
+        args.database_url,
+        run_dir,
+        sandbox.events_url,
+        args.redis_url,
+        TIKTOK_BATCH_SIZE=str(drain.batch_size),
+        TIKTOK_DRAIN_SECONDS=str(DRAIN_SECONDS),
+    )
     log_dir = Path(run_dir) / "logs"
     log_dir.mkdir(exist_ok=True)
     names = worker_names(drain.workers, drain.label)

@@ -3,7 +3,6 @@
 import argparse
 import http.client
 import math
-import os
 import shutil
 import socketserver
 import subprocess
@@ -19,9 +18,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from bench.common import (
+    child_environment,
     create_postgres_database,
     database_name,
     drop_postgres_database,
+    flush_broker,
     is_postgres,
     make_orders,
     setup_django,
@@ -570,31 +571,6 @@ def print_report(args, figures, orders, sandbox_requests, waited, versions):
 
 
 # --- the run ------------------------------------------------------------------------------------
-
-
-def flush_broker(url):
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-def child_environment(url, run_dir, api_url, broker_url):
-    """What the server, worker and beat processes need to share this run's services."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=url,
-        TIKTOK_TEST_RUN_DIR=run_dir,
-        TIKTOK_API_URL=api_url,
-        CELERY_BROKER_URL=broker_url,
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("TIKTOK_TEST_DB_NAME", None)  # would point the settings at another database
-    return env
 
 
 def with_conn_max_age(url, seconds):
