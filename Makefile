@@ -32,10 +32,16 @@ demo: $(STAMP)
 
 BENCH_ADMIN_ROWS ?= 1000000
 
+BENCH_POSTGRES ?= postgres://postgres@127.0.0.1:5432
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.tags
 	$(BIN)/python -m bench.checkout
-	$(BIN)/python -m bench.admin_scale --rows $(BENCH_ADMIN_ROWS)
+	$(BIN)/python -m bench.checkout --database-url $(BENCH_POSTGRES)/tiktok_bench_checkout
+	$(BIN)/python -m bench.delivery --database-url $(BENCH_POSTGRES)/tiktok_bench_delivery
+	$(BIN)/python -m bench.latency --database-url $(BENCH_POSTGRES)/tiktok_bench_latency
+	$(BIN)/python -m bench.admin_scale --rows $(BENCH_ADMIN_ROWS) \
+		--database-url $(BENCH_POSTGRES)/tiktok_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

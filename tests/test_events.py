@@ -21,6 +21,7 @@ from tiktok_tracking.events import (
     OrderFacts,
     build_event,
     build_request_body,
+    encode_request_body,
     event_id_for,
     is_valid_event_name,
     order_properties,
@@ -495,6 +496,19 @@ def test_build_request_body_with_test_code_and_partner():
     body = build_request_body("CPIXEL", [], test_event_code="TEST123", partner_name="Django")
     assert body["test_event_code"] == "TEST123"
     assert body["partner_name"] == "Django"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"test_event_code": "TEST123", "partner_name": "Django ünïcode"}],
+)
+def test_encoded_body_is_the_built_body_from_stored_json(options):
+    items = [{"event": "Purchase", "event_id": "order_1", "properties": {"value": 12.5}}, {}]
+    # As PostgreSQL prints jsonb: other spacing and key order, the same JSON.
+    stored = ['{"event_id": "order_1", "event": "Purchase", "properties": {"value": 12.5}}', "{}"]
+    data = encode_request_body("CPIXEL", stored, **options)
+    assert isinstance(data, bytes)
+    assert json.loads(data.decode("utf-8")) == build_request_body("CPIXEL", items, **options)
 
 
 def test_build_request_body_leaves_empty_options_out():

@@ -1,5 +1,6 @@
 """The outbox in the database: receiver, claims, outcomes, retries, sweeping and purging."""
 
+import json
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.shop.models import Order, OrderLine
 from tiktok_tracking import capture_context, delivery
-from tiktok_tracking.client import DELIVERED, Outcome
+from tiktok_tracking.client import DELIVERED, TRANSIENT, Outcome
 from tiktok_tracking.models import CheckoutContext, DeliveryAttempt, TrackedEvent
 from tiktok_tracking.signals import payment_completed
 
@@ -165,9 +166,13 @@ def test_claim_takes_due_rows_once_and_counts_the_attempt():
     )
     claimed = delivery.claim_due_events(10)
     assert len(claimed) == 4
-    assert {row.status for row in claimed} == {Status.SENDING}
     assert {row.attempts for row in claimed} == {1}
-    assert all(row.lease_expires_at > timezone.now() for row in claimed)
+    rows = TrackedEvent.objects.filter(pk__in=[row.pk for row in claimed])
+    assert {row.status for row in rows} == {Status.SENDING}
+    assert {row.claim_token for row in rows} == {claimed[0].claim_token}
+    assert all(row.lease_expires_at > timezone.now() for row in rows)
+    # The payload comes as the stored JSON text, spliced into the request body unchanged.
+    assert [json.loads(row.payload_json) for row in claimed] == [row.payload for row in rows]
     assert delivery.claim_due_events(10) == []
 
 
@@ -196,6 +201,42 @@ def test_concurrent_claims_are_disjoint():
     assert errors == []
     claimed = [pk for mine in results for pk in mine]
     assert len(claimed) == len(set(claimed)) == 400
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(DELIVERED, 200, 0, "OK", "req-1", event_count=3, duration_ms=87),
+        # A timeout: no status, no code, no request id.
+        Outcome(TRANSIENT, None, None, "Timed out after 2.0s", "", event_count=3, duration_ms=2001),
+    ],
+)
+def test_each_event_gets_its_attempt_with_the_answer(outcome):
+    _rows(4)
+    claimed = delivery.claim_due_events(3)
+    delivery.record_outcome(claimed, outcome, delivery.DrainReport())
+    attempts = DeliveryAttempt.objects.order_by("tracked_event_id")
+    assert [a.tracked_event_id for a in attempts] == [row.pk for row in claimed]
+    for attempt in attempts:
+        assert (
+            attempt.outcome,
+            attempt.http_status,
+            attempt.code,
+            attempt.message,
+            attempt.request_id,
+            attempt.batch_size,
+            attempt.duration_ms,
+        ) == (
+            outcome.kind,
+            outcome.http_status,
+            outcome.code,
+            outcome.message,
+            outcome.request_id,
+            3,
+            outcome.duration_ms,
+        )
+        assert abs((timezone.now() - attempt.attempted_at).total_seconds()) < 60
 
 
 @pytest.mark.django_db

@@ -117,8 +117,11 @@ class EventsApiClient:
 
     def send(self, body):
         """POST one request body (one pixel, up to BATCH_SIZE events); never raises on failure."""
-        event_count = len(body.get("data", ()))
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return self.send_encoded(data, len(body.get("data", ())))
+
+    def send_encoded(self, data, event_count):
+        """POST a body already encoded as UTF-8 JSON carrying ``event_count`` events."""
         started = time.monotonic()
         try:
             response = self.session.post(

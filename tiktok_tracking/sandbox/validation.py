@@ -148,6 +148,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# ``validate_request``'s default: the body has not been parsed yet (None is valid JSON).
+NOT_PARSED = object()
+
+
 def parse_body(raw_body: bytes) -> Any:
     """The JSON value of ``raw_body``; raises ``ValueError`` on anything strict JSON refuses."""
     try:
@@ -448,16 +452,18 @@ def validate_request(
     expected_token: str | None,
     allowed_pixels: Collection[str] | None,
     now: float,
+    parsed: Any = NOT_PARSED,
 ) -> Verdict:
     """TikTok's verdict on one track request: the first problem found, or ``OK``.
 
     ``expected_token`` None accepts any non-empty token; ``allowed_pixels`` None accepts any
-    pixel. Order: token, Content-Type, JSON, then the payload field by field.
+    pixel. ``parsed`` is ``parse_body(raw_body)`` if the caller has it already. Order: token,
+    Content-Type, JSON, then the payload field by field.
     """
     try:
         _check_headers(headers, expected_token)
         try:
-            payload = parse_body(raw_body)
+            payload = parse_body(raw_body) if parsed is NOT_PARSED else parsed
         except ValueError as exc:
             raise _Rejected(
                 CODE_INVALID_PARAMETER, f"Request body is not valid JSON: {exc}."
