@@ -164,6 +164,25 @@ def counted_warnings():
             logger.removeHandler(handler)
 
 
+def capture_checkouts(numbers):
+    """What the checkout page does before the payment (untimed): the browser context stored."""
+    from django.test import RequestFactory
+
+    from tests.shop.models import Order
+    from tiktok_tracking.context import capture_context
+
+    factory = RequestFactory()
+    for order in Order.objects.filter(number__in=numbers):
+        request = factory.post(
+            "/checkout/?ttclid=bench-click",
+            HTTP_USER_AGENT="Mozilla/5.0 (bench)",
+            REMOTE_ADDR="203.0.113.7",
+        )
+        request.COOKIES.update({"country": "US", "_ttp": "bench-ttp"})
+        capture_context(request, order)
+    return numbers
+
+
 def run_column(column, orders, warmups, api_client):
     """Warm up, then time one pay request per fresh order; returns the times and warnings."""
     from django.test import Client
@@ -173,8 +192,8 @@ def run_column(column, orders, warmups, api_client):
     client = Client()
     # The shop's country switch: a US visitor, whose purchase the consent policy lets through.
     client.cookies["country"] = "US"
-    warmup = make_orders(f"W{column}", warmups)
-    timed = make_orders(f"T{column}", orders)
+    warmup = capture_checkouts(make_orders(f"W{column}", warmups))
+    timed = capture_checkouts(make_orders(f"T{column}", orders))
     with column_setup(column, api_client), counted_warnings() as warnings:
         for number in warmup:
             pay(client, number)

@@ -65,8 +65,12 @@ def test_receipt_before_the_webhook_is_copied_onto_the_row_later():
         == 201
     )
     assert not TrackedEvent.objects.exists()
-    payment_completed.send(sender=Order, order=Order.objects.get(number="R2"))
-    assert TrackedEvent.objects.get(event_id="order_R2").browser_seen_at is not None
+    answers = payment_completed.send(sender=Order, order=Order.objects.get(number="R2"))
+    received_at = BrowserReceipt.objects.get().received_at
+    assert TrackedEvent.objects.get(event_id="order_R2").browser_seen_at == received_at
+    # The row the receiver returns reads it too.
+    [row] = [answer for _, answer in answers if isinstance(answer, TrackedEvent)]
+    assert row.browser_seen_at == received_at
 
 
 @pytest.mark.django_db
