@@ -25,6 +25,9 @@ from bench.common import (
 PURPOSE = "writes orders and events into it"
 DEFAULT_ORDERS = 300
 WARMUP_ORDERS = 10
+# The columns take turns in this many rounds; after the first, each slice warms up briefly.
+ROUNDS = 5
+ROUND_WARMUP_ORDERS = 3
 # How long the publisher may take, after a column, to publish (or fail to publish) its wake-ups:
 # with the broker down each attempt waits out Celery's connection timeout.
 PUBLISH_FLUSH_SECONDS = 60
@@ -64,8 +67,8 @@ def parse_args(argv=None):
         "'bench'. A PostgreSQL database is created if missing and then dropped afterwards",
     )
     args = parser.parse_args(argv)
-    if args.orders < 10:
-        parser.error("--orders must be at least 10")
+    if args.orders < ROUNDS * 10:
+        parser.error(f"--orders must be at least {ROUNDS * 10}")
     return args
 
 
@@ -183,7 +186,7 @@ def capture_checkouts(numbers):
     return numbers
 
 
-def run_column(column, orders, warmups, api_client):
+def run_column(column, slice_name, orders, warmups, api_client):
     """Warm up, then time one pay request per fresh order; returns the times and warnings."""
     from django.test import Client
 
@@ -192,8 +195,8 @@ def run_column(column, orders, warmups, api_client):
     client = Client()
     # The shop's country switch: a US visitor, whose purchase the consent policy lets through.
     client.cookies["country"] = "US"
-    warmup = capture_checkouts(make_orders(f"W{column}", warmups))
-    timed = capture_checkouts(make_orders(f"T{column}", orders))
+    warmup = capture_checkouts(make_orders(f"W{slice_name}", warmups))
+    timed = capture_checkouts(make_orders(f"T{slice_name}", orders))
     with column_setup(column, api_client), counted_warnings() as warnings:
         for number in warmup:
             pay(client, number)
@@ -256,8 +259,12 @@ def print_report(results, effects, messages, counts, warnings, sandbox_requests)
     python = sys.version.split()[0]
     print(f"  versions   {database_version()}; Django {django.get_version()}; Python {python}")
     print(
-        f"  method     Django test Client in-process, {WARMUP_ORDERS} warm-up + "
-        f"{counts['a']} timed requests per column, each for a fresh unpaid order"
+        f"  method     Django test Client in-process, {counts['a']} timed requests per column, "
+        f"each for a fresh unpaid order, in {ROUNDS} rounds"
+    )
+    print(
+        f"             where the columns take turns ({WARMUP_ORDERS} warm-ups per column, "
+        f"then {ROUND_WARMUP_ORDERS} per slice)"
     )
     print(f"  sandbox    answers after {SANDBOX_LATENCY * 1000:.0f} ms (column c only)")
     print("  broker     filesystem transport, no worker: the messages pile up (d: broker down)")
@@ -283,8 +290,8 @@ def print_report(results, effects, messages, counts, warnings, sandbox_requests)
         )
     print()
     print(
-        f"  broker messages published (a): {messages['a']} for {counts['a'] + WARMUP_ORDERS} "
-        "orders (wake-ups waiting together are published as one)"
+        f"  broker messages published (a): {messages['a']} for {counts['a']} timed orders and "
+        "their warm-ups (wake-ups waiting together are published as one)"
     )
     print(f"  broker messages published (d): {messages['d']} (broker down: none expected)")
     print(f"  enqueue failures logged (d):   {warnings['d']} (the sweeper delivers those events)")
@@ -330,17 +337,28 @@ def main(argv=None):
             sandbox.events_url, "bench-access-token-0123456789", timeout=5.0
         )
         broker_dir = str(settings.BROKER_DIR)
-        counts = {column: args.orders for column, _ in COLUMNS}
-        results, messages, warnings = {}, {}, {}
+        times = {column: [] for column, _ in COLUMNS}
+        warnings = dict.fromkeys(times, 0)
+        messages = dict.fromkeys(times, 0)
         try:
-            for column, label in COLUMNS:
-                print(f"Timing ({column}) {label} ...", flush=True)
-                before = broker_messages(broker_dir)
-                times, warnings[column] = run_column(
-                    column, counts[column], WARMUP_ORDERS, api_client
-                )
-                results[column] = figures(times)
-                messages[column] = broker_messages(broker_dir) - before
+            # The columns take turns, a slice each per round, so that a machine that gets
+            # busier or quieter during the run does not favour one of them.
+            for round_number in range(ROUNDS):
+                print(f"Round {round_number + 1} of {ROUNDS} ...", flush=True)
+                for column, _ in COLUMNS:
+                    before = broker_messages(broker_dir)
+                    slice_times, slice_warnings = run_column(
+                        column,
+                        f"{column}-{round_number}",
+                        args.orders // ROUNDS,
+                        WARMUP_ORDERS if round_number == 0 else ROUND_WARMUP_ORDERS,
+                        api_client,
+                    )
+                    times[column] += slice_times
+                    warnings[column] += slice_warnings
+                    messages[column] += broker_messages(broker_dir) - before
+            results = {column: figures(column_times) for column, column_times in times.items()}
+            counts = {column: len(column_times) for column, column_times in times.items()}
             sandbox_requests = len(sandbox.requests)
         finally:
             api_client.close()

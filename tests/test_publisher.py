@@ -45,6 +45,18 @@ def test_submit_returns_while_the_publish_hangs_and_waiting_ids_go_out_together(
     assert publish.calls == [[1], [2, 3, 4]]
 
 
+def test_after_a_publish_the_wake_ups_of_the_next_interval_go_out_as_one():
+    publish = BlockingPublish()
+    publish.release.set()
+    publisher = BackgroundPublisher(publish, interval=2.0)
+    publisher.submit([1])
+    assert publish.started.wait(10)  # a lone wake-up goes out at once
+    publisher.submit([2])
+    publisher.submit([3])
+    assert publisher.flush(timeout=10)
+    assert publish.calls == [[1], [2, 3]]
+
+
 def test_a_failed_publish_is_logged_and_the_next_one_still_goes(caplog):
     publish = BlockingPublish(fail=True)
     publish.release.set()

@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -18,14 +19,26 @@ logger = logging.getLogger(__name__)
 MAX_WAITING = 10_000
 # Wake-ups waiting together are published as one task: one worker drain covers them all.
 MAX_IDS_PER_TASK = 1_000
+# After a publish the thread rests this long, so that under load the wake-ups of many
+# checkouts go out as one message (a worker drains everything due, whoever woke it) instead
+# of costing the web process one publish per order. A lone order is published at once.
+PUBLISH_INTERVAL = 0.1
 
 
 class BackgroundPublisher:
     """A queue of row-id lists and one daemon thread that publishes them with ``publish``."""
 
-    def __init__(self, publish, *, max_waiting=MAX_WAITING, name="tiktok-tracking-publisher"):
+    def __init__(
+        self,
+        publish,
+        *,
+        max_waiting=MAX_WAITING,
+        interval=PUBLISH_INTERVAL,
+        name="tiktok-tracking-publisher",
+    ):
         self._publish = publish
         self._max_waiting = max_waiting
+        self._interval = interval
         self._name = name
         self._reset()
         # A forked child (a pre-forking server, a worker pool) inherits the queue and its locks
@@ -94,6 +107,8 @@ class BackgroundPublisher:
             finally:
                 for _ in taken:
                     self._queue.task_done()
+            if self._interval:
+                time.sleep(self._interval)
 
 
 def publish_deliver_task(tracked_event_ids):
