@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tests.shop.models import Order, OrderLine
 from tiktok_tracking import capture_context, delivery
+from tiktok_tracking.adapters import OrderAdapter
 from tiktok_tracking.client import DELIVERED, TRANSIENT, Outcome
 from tiktok_tracking.models import CheckoutContext, DeliveryAttempt, TrackedEvent
 from tiktok_tracking.signals import payment_completed
@@ -101,6 +102,46 @@ def test_invalid_order_data_is_recorded_as_failed_and_never_breaks_checkout(
     assert row.status == Status.FAILED
     assert "value" in row.last_error
     assert callbacks == []
+
+
+class BrokenIdAdapter(OrderAdapter):
+    """A shop adapter with a bug in reading the id."""
+
+    def order_id(self):
+        return self.order.reference  # no such attribute
+
+
+class BrokenLinesAdapter(OrderAdapter):
+    def order_id(self):
+        return self.order.number
+
+    def contents(self):
+        raise KeyError("sku")
+
+
+@pytest.mark.django_db
+def test_an_order_without_a_usable_id_is_recorded_failed_once_with_the_reason(
+    django_capture_on_commit_callbacks,
+):
+    order = make_order("8")
+    broken = tracking(ORDER_ADAPTER="tests.test_outbox.BrokenIdAdapter")
+    with broken, django_capture_on_commit_callbacks() as callbacks:
+        pay(order)
+        pay(order)  # the same saved order: the same row
+    row = TrackedEvent.objects.get()
+    assert row.status == Status.FAILED
+    assert row.event_id.startswith("invalid_") and row.order_id == row.event_id
+    assert row.last_error.startswith("Could not read the order: AttributeError")
+    assert callbacks == []
+
+
+@pytest.mark.django_db
+def test_an_adapter_that_fails_on_the_lines_leaves_a_failed_row_with_the_reason():
+    with tracking(ORDER_ADAPTER="tests.test_outbox.BrokenLinesAdapter"):
+        pay(make_order("9"))
+    row = TrackedEvent.objects.get()
+    assert (row.order_id, row.event_id, row.status) == ("9", "order_9", Status.FAILED)
+    assert row.last_error == "Could not read the order: KeyError: 'sku'"
 
 
 @pytest.mark.django_db

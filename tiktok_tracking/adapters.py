@@ -220,6 +220,10 @@ class OrderAdapter:
             lines = lines.all()
         elif callable(lines):
             lines = lines()
+        if isinstance(lines, (str, bytes, Mapping)) or not isinstance(lines, Iterable):
+            raise InvalidOrderData(
+                "contents", f"the order's lines must be a list, not {type(lines).__name__}"
+            )
         return clean_contents([self.line_content(line) for line in lines])
 
     def line_content(self, line) -> dict:

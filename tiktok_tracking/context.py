@@ -8,7 +8,7 @@ from django.utils import timezone
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import get_adapter_class
 from tiktok_tracking.events import BrowserContext
-from tiktok_tracking.visitor import TTP_COOKIE, client_ip, get_visitor
+from tiktok_tracking.visitor import TTP_COOKIE, clean_cookie, client_ip, get_visitor
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def context_from_request(request):
     visitor = get_visitor(request)
     return BrowserContext(
         ttclid=visitor.ttclid,
-        ttp=request.COOKIES.get(TTP_COOKIE) or None,
+        ttp=clean_cookie(request.COOKIES.get(TTP_COOKIE)),
         ip=client_ip(
             meta.get("REMOTE_ADDR"),
             meta.get("HTTP_X_FORWARDED_FOR"),

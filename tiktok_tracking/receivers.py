@@ -1,6 +1,7 @@
 """payment_completed -> outbox row in the shop's transaction -> delivery enqueued after commit."""
 
 import logging
+import uuid
 from functools import partial
 
 from django.db import IntegrityError, transaction
@@ -20,10 +21,14 @@ from tiktok_tracking.context import (
 )
 from tiktok_tracking.events import build_event, event_id_for, match_key_mask, read_order
 from tiktok_tracking.exceptions import InvalidOrderData
+from tiktok_tracking.hashing import sha256_hex
 from tiktok_tracking.publisher import publish_deliver_task, publisher
 from tiktok_tracking.signals import payment_completed
 
 logger = logging.getLogger(__name__)
+
+# Rows of orders whose id is unusable: never sent, shown in the admin with the reason.
+INVALID_EVENT_ID_PREFIX = "invalid_"
 
 
 def connect():
@@ -61,8 +66,16 @@ def _record(event_name, order, *, request, context, snapshot, event_id_suffix=No
     now = now or timezone.now()
     pixel_id = conf.require("PIXEL_ID")
     adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
-    order_id = adapter.order_id()
-    event_id = event_id_for(event_name, order_id, event_id_suffix)
+    try:
+        order_id = adapter.order_id()
+        event_id = event_id_for(event_name, order_id, event_id_suffix)
+    except InvalidOrderData as exc:
+        return _record_unidentified(event_name, order, pixel_id, f"Invalid order data: {exc}", now)
+    except Exception as exc:
+        # The shop's adapter failed: a bug to fix, and a row that says so until it is.
+        logger.exception("The order adapter could not read an order's id")
+        reason = f"Could not read the order: {type(exc).__name__}: {exc}"
+        return _record_unidentified(event_name, order, pixel_id, reason, now)
 
     # One savepoint for all of it: should a statement fail, the shop's transaction must go on
     # (on PostgreSQL an error would otherwise abort it), and the payment must still commit.
@@ -126,15 +139,20 @@ def _insert_event(
     }
     try:
         facts = read_order(adapter)
-    except InvalidOrderData as exc:
+    except Exception as exc:
         # Kept as a failed row so the admin shows the order and the reason; sending it would
         # only earn a 40002 from TikTok.
-        logger.warning("Order %s has invalid tracking data: %s", order_id, exc)
+        if isinstance(exc, InvalidOrderData):
+            logger.warning("Order %s has invalid tracking data: %s", order_id, exc)
+            reason = f"Invalid order data: {exc}"
+        else:
+            logger.exception("The order adapter could not read order %s", order_id)
+            reason = f"Could not read the order: {type(exc).__name__}: {exc}"
         fields.update(
             status=TrackedEvent.Status.FAILED,
             payload={},
             country=snapshot.country or "",
-            last_error=f"Invalid order data: {exc}",
+            last_error=reason,
         )
     else:
         country = facts.country or snapshot.country
@@ -158,6 +176,39 @@ def _insert_event(
     # reading it (rare) loads the stored value.
     del row.browser_seen_at
     return row
+
+
+def _record_unidentified(event_name, order, pixel_id, reason, now):
+    """A failed row for an order whose id cannot make an event_id, so the admin shows it."""
+    from tiktok_tracking.models import TrackedEvent
+
+    logger.warning("An order cannot be identified for TikTok tracking: %s", reason)
+    # A saved order keeps its key, so a repeated signal finds the same row; anything else gets
+    # a row of its own.
+    key = getattr(order, "pk", None)
+    if key is None:
+        reference = uuid.uuid4().hex[:24]
+    else:
+        identity = f"{type(order).__module__}.{type(order).__qualname__}:{key!r}"
+        reference = sha256_hex(identity)[:24]
+    fields = {
+        "pixel_id": pixel_id,
+        "event": event_name,
+        "event_id": f"{INVALID_EVENT_ID_PREFIX}{reference}",
+        "order_id": f"{INVALID_EVENT_ID_PREFIX}{reference}",
+        "event_time": now,
+        "next_attempt_at": now,
+        "status": TrackedEvent.Status.FAILED,
+        "payload": {},
+        "last_error": reason,
+    }
+    try:
+        with transaction.atomic():
+            return TrackedEvent.objects.create(**fields)
+    except IntegrityError:
+        return TrackedEvent.objects.get(
+            pixel_id=pixel_id, event=event_name, event_id=fields["event_id"]
+        )
 
 
 def enqueue_delivery(tracked_event_ids):

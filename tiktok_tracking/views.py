@@ -17,6 +17,13 @@ MAX_RECEIPT_BYTES = 2048
 MAX_SOURCE_LENGTH = 32
 
 
+def _clean_source(value):
+    # A label for the log ("banner", "cmp"): printable characters only (PostgreSQL refuses a
+    # NUL in text), cut to the column's length.
+    source = "".join(char for char in value if char.isprintable())[:MAX_SOURCE_LENGTH].strip()
+    return source or "banner"
+
+
 def _error(status, message):
     return JsonResponse({"ok": False, "error": message}, status=status)
 
@@ -37,7 +44,7 @@ def consent(request):
     status = request.POST.get("status", "")
     if status not in STATUSES:
         return _error(400, "status must be 'granted' or 'denied'")
-    source = request.POST.get("source", "banner")[:MAX_SOURCE_LENGTH] or "banner"
+    source = _clean_source(request.POST.get("source", ""))
     visitor = get_visitor(request)
     ConsentRecord.objects.create(
         visitor_id=visitor.visitor_id,

@@ -51,19 +51,20 @@ def get_visitor(request):
 
 
 def read_visitor(request):
-    visitor_id = _clean_cookie(request.COOKIES.get(VISITOR_COOKIE))
+    visitor_id = clean_cookie(request.COOKIES.get(VISITOR_COOKIE))
     return Visitor(
         visitor_id=visitor_id or secrets.token_urlsafe(16),
         is_new=not visitor_id,
         consent_status=read_consent_cookie(request),
         country=resolve_country(request),
         global_privacy_control=request.META.get("HTTP_SEC_GPC", "").strip() == "1",
-        ttclid=_clean_cookie(request.GET.get(TTCLID_PARAM))
-        or _clean_cookie(request.COOKIES.get(TTCLID_COOKIE)),
+        ttclid=clean_cookie(request.GET.get(TTCLID_PARAM))
+        or clean_cookie(request.COOKIES.get(TTCLID_COOKIE)),
     )
 
 
-def _clean_cookie(value):
+def clean_cookie(value):
+    """A cookie or parameter value as sent, or None if empty, too long or not printable."""
     if not value or len(value) > MAX_COOKIE_VALUE or not value.isprintable():
         return None
     return value
