@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import requests
 
 from tiktok_tracking import __version__, conf
+from tiktok_tracking.events import compact_json
 from tiktok_tracking.exceptions import PermanentApiError, TransientApiError
 from tiktok_tracking.standards import CODE_OK, CODE_TOO_MANY_REQUESTS
 
@@ -117,7 +118,7 @@ class EventsApiClient:
 
     def send(self, body):
         """POST one request body (one pixel, up to BATCH_SIZE events); never raises on failure."""
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        data = compact_json(body).encode("utf-8")
         return self.send_encoded(data, len(body.get("data", ())))
 
     def send_encoded(self, data, event_count):

@@ -20,7 +20,7 @@ from django.utils import timezone
 from tiktok_tracking import conf
 from tiktok_tracking.client import DELIVERED, PERMANENT, EventsApiClient
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
-from tiktok_tracking.events import encode_request_body
+from tiktok_tracking.events import compact_json, encode_request_body
 from tiktok_tracking.models import CheckoutContext, ConsentRecord, DeliveryAttempt, TrackedEvent
 from tiktok_tracking.signals import events_delivered, events_failed
 from tiktok_tracking.standards import CODE_INVALID_PARAMETER
@@ -178,12 +178,6 @@ class SenderThread:
         return self.start(data, event_count).result()
 
 
-def send_claimed(rows, client, report):
-    """Re-check consent, then send the claimed rows, one request per pixel and test code."""
-    for pixel_id, test_event_code, group in sendable_groups(rows, report):
-        send_group(client, pixel_id, test_event_code, group, report)
-
-
 def start_sending(rows, sender, report):
     """Put each request of the claimed rows on the wire; ``[(pixel, code, rows, future)]``."""
     return [
@@ -211,11 +205,13 @@ def sendable_groups(rows, report):
             mark_suppressed(row, decision.reason)
             report.suppressed += 1
             continue
-        if decision.limited_data_use and not row.payload.get("limited_data_use"):
-            # A US visitor who opted out after paying: sent, but with processing limited.
-            payload = {**row.payload, "limited_data_use": True}
-            row.payload_json = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-            TrackedEvent.objects.filter(pk=row.pk).update(payload=payload)
+        if decision.limited_data_use:
+            payload = row.payload
+            if not payload.get("limited_data_use"):
+                # A US visitor who opted out after paying: sent, but with processing limited.
+                payload["limited_data_use"] = True
+                row.payload_json = compact_json(payload)
+                TrackedEvent.objects.filter(pk=row.pk).update(payload=payload)
         sendable.append(row)
     configured_code = conf.get("TEST_EVENT_CODE") or None
 

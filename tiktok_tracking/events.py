@@ -230,6 +230,11 @@ def build_request_body(
     return body
 
 
+def compact_json(value) -> str:
+    """``value`` as the JSON text sent to TikTok: no spaces, UTF-8 characters kept as they are."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_request_body(
     pixel_id: str,
     encoded_items: list[str],
@@ -246,5 +251,5 @@ def encode_request_body(
         pixel_id, [], test_event_code=test_event_code, partner_name=partner_name
     )
     del head["data"]
-    opening = json.dumps(head, separators=(",", ":"), ensure_ascii=False)[:-1]
+    opening = compact_json(head)[:-1]
     return f'{opening},"data":[{",".join(encoded_items)}]}}'.encode()

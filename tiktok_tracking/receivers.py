@@ -69,36 +69,58 @@ def _record(event_name, order, *, request, context, snapshot, event_id_suffix=No
     try:
         order_id = adapter.order_id()
         event_id = event_id_for(event_name, order_id, event_id_suffix)
-    except InvalidOrderData as exc:
-        return _record_unidentified(event_name, order, pixel_id, f"Invalid order data: {exc}", now)
     except Exception as exc:
-        # The shop's adapter failed: a bug to fix, and a row that says so until it is.
-        logger.exception("The order adapter could not read an order's id")
-        reason = f"Could not read the order: {type(exc).__name__}: {exc}"
+        reason = _unreadable_order(exc, "its id")
         return _record_unidentified(event_name, order, pixel_id, reason, now)
 
-    # One savepoint for all of it: should a statement fail, the shop's transaction must go on
-    # (on PostgreSQL an error would otherwise abort it), and the payment must still commit.
-    try:
-        with transaction.atomic():
-            row = _insert_event(
-                adapter,
-                pixel_id=pixel_id,
-                event_name=event_name,
-                event_id=event_id,
-                order_id=order_id,
-                request=request,
-                context=context,
-                snapshot=snapshot,
-                suffix=event_id_suffix,
-                now=now,
-            )
-    except IntegrityError:
-        # Already recorded (a second signal for the same payment): the first row stands.
-        return TrackedEvent.objects.get(pixel_id=pixel_id, event=event_name, event_id=event_id)
-    if row.status == TrackedEvent.Status.PENDING:
+    row, created = _insert_once(
+        pixel_id,
+        event_name,
+        event_id,
+        partial(
+            _insert_event,
+            adapter,
+            pixel_id=pixel_id,
+            event_name=event_name,
+            event_id=event_id,
+            order_id=order_id,
+            request=request,
+            context=context,
+            snapshot=snapshot,
+            suffix=event_id_suffix,
+            now=now,
+        ),
+    )
+    if created and row.status == TrackedEvent.Status.PENDING:
         transaction.on_commit(partial(enqueue_delivery, [row.pk]), robust=True)
     return row
+
+
+def _insert_once(pixel_id, event_name, event_id, insert):
+    """``(row, created)``: the row ``insert()`` creates, or the one already recorded.
+
+    One savepoint for all of ``insert``: should a statement fail, the shop's transaction must go
+    on (on PostgreSQL an error would otherwise abort it), and the payment must still commit.
+    """
+    from tiktok_tracking.models import TrackedEvent
+
+    try:
+        with transaction.atomic():
+            return insert(), True
+    except IntegrityError:
+        # Already recorded (a second signal for the same payment): the first row stands.
+        existing = TrackedEvent.objects.get(pixel_id=pixel_id, event=event_name, event_id=event_id)
+        return existing, False
+
+
+def _unreadable_order(exc, what):
+    """Log why the order (``what`` of it) could not be read; the reason kept on its row."""
+    if isinstance(exc, InvalidOrderData):
+        logger.warning("An order has invalid tracking data in %s: %s", what, exc)
+        return f"Invalid order data: {exc}"
+    # The shop's adapter failed: a bug to fix, and a row that says so until it is.
+    logger.exception("The order adapter could not read %s", what)
+    return f"Could not read the order: {type(exc).__name__}: {exc}"
 
 
 def _insert_event(
@@ -142,17 +164,11 @@ def _insert_event(
     except Exception as exc:
         # Kept as a failed row so the admin shows the order and the reason; sending it would
         # only earn a 40002 from TikTok.
-        if isinstance(exc, InvalidOrderData):
-            logger.warning("Order %s has invalid tracking data: %s", order_id, exc)
-            reason = f"Invalid order data: {exc}"
-        else:
-            logger.exception("The order adapter could not read order %s", order_id)
-            reason = f"Could not read the order: {type(exc).__name__}: {exc}"
         fields.update(
             status=TrackedEvent.Status.FAILED,
             payload={},
             country=snapshot.country or "",
-            last_error=reason,
+            last_error=_unreadable_order(exc, f"order {order_id}"),
         )
     else:
         country = facts.country or snapshot.country
@@ -182,7 +198,6 @@ def _record_unidentified(event_name, order, pixel_id, reason, now):
     """A failed row for an order whose id cannot make an event_id, so the admin shows it."""
     from tiktok_tracking.models import TrackedEvent
 
-    logger.warning("An order cannot be identified for TikTok tracking: %s", reason)
     # A saved order keeps its key, so a repeated signal finds the same row; anything else gets
     # a row of its own.
     key = getattr(order, "pk", None)
@@ -191,24 +206,25 @@ def _record_unidentified(event_name, order, pixel_id, reason, now):
     else:
         identity = f"{type(order).__module__}.{type(order).__qualname__}:{key!r}"
         reference = sha256_hex(identity)[:24]
-    fields = {
-        "pixel_id": pixel_id,
-        "event": event_name,
-        "event_id": f"{INVALID_EVENT_ID_PREFIX}{reference}",
-        "order_id": f"{INVALID_EVENT_ID_PREFIX}{reference}",
-        "event_time": now,
-        "next_attempt_at": now,
-        "status": TrackedEvent.Status.FAILED,
-        "payload": {},
-        "last_error": reason,
-    }
-    try:
-        with transaction.atomic():
-            return TrackedEvent.objects.create(**fields)
-    except IntegrityError:
-        return TrackedEvent.objects.get(
-            pixel_id=pixel_id, event=event_name, event_id=fields["event_id"]
-        )
+    event_id = f"{INVALID_EVENT_ID_PREFIX}{reference}"
+    row, _created = _insert_once(
+        pixel_id,
+        event_name,
+        event_id,
+        partial(
+            TrackedEvent.objects.create,
+            pixel_id=pixel_id,
+            event=event_name,
+            event_id=event_id,
+            order_id=event_id,
+            event_time=now,
+            next_attempt_at=now,
+            status=TrackedEvent.Status.FAILED,
+            payload={},
+            last_error=reason,
+        ),
+    )
+    return row
 
 
 def enqueue_delivery(tracked_event_ids):
