@@ -247,6 +247,31 @@ def test_program_rejects_malformed_scripts(sandbox):
     assert sandbox.pending_responses == 0
 
 
+def test_rejected_events_sink_every_request_that_carries_them(sandbox):
+    sandbox.reject_events(["bad-1", "bad-2"], reason="properties.value: Not a valid number.")
+    answer = post(sandbox, body(event("good-1"), event("bad-2"), event("bad-1"))).json()
+    # The whole batch is refused, naming the first rejected event by its index.
+    assert answer["code"] == 40002
+    assert answer["message"] == "data.1.properties.value: Not a valid number."
+    assert sandbox.events() == []
+    assert (
+        post(sandbox, body(event("good-1"), event("bad-1"))).json()["message"].startswith("data.1.")
+    )
+    assert post(sandbox, body(event("good-1"))).json()["code"] == 0
+    assert [e["event_id"] for e in sandbox.events()] == ["good-1"]
+    # A scripted answer still comes first; reset forgets the rejections.
+    sandbox.program([{"status": 503}])
+    assert post(sandbox, body(event("bad-1"))).status_code == 503
+    sandbox.reset()
+    assert post(sandbox, body(event("bad-1"))).json()["code"] == 0
+
+
+def test_reject_events_refuses_bad_arguments(sandbox):
+    for ids, reason in (([""], "x"), ([None], "x"), (["a"], ""), (["a"], None)):
+        with pytest.raises(ValueError):
+            sandbox.reject_events(ids, reason=reason)
+
+
 def test_latency_is_applied_after_recording(sandbox):
     sandbox.set_latency(0.4)
     started = time.monotonic()

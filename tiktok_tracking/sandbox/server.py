@@ -169,6 +169,15 @@ def _check_pixel_call(body: Any) -> dict[str, Any]:
     }
 
 
+def _first_rejected(body: Any, rejected: Collection[str]) -> int | None:
+    """The index of the first event in ``body`` whose event_id is in ``rejected``, if any."""
+    data = body.get("data") if isinstance(body, dict) else None
+    for index, item in enumerate(data if isinstance(data, list) else ()):
+        if isinstance(item, dict) and item.get("event_id") in rejected:
+            return index
+    return None
+
+
 def _merge_key(event: dict[str, Any]) -> tuple[str, str, str] | None:
     """TikTok's deduplication key, or None for an event that can never be merged."""
     event_id = event.get("event_id")
@@ -454,6 +463,8 @@ class SandboxServer:
         # Pixel calls as they arrived: track calls are browser events, page calls page views.
         self._pixel_calls: list[dict[str, Any]] = []
         self._queue: deque[dict[str, Any]] = deque()
+        # event_id -> the field error TikTok would name for it (see reject_events).
+        self._rejected: dict[str, str] = {}
         self._latency = self._initial_latency
         # Set on stop(): wakes handlers sleeping out a latency so they end at once.
         self._stopping = threading.Event()
@@ -529,6 +540,23 @@ class SandboxServer:
         with self._lock:
             self._queue.extend(checked)
 
+    def reject_events(
+        self, event_ids: Iterable[str], reason: str = "properties.value: Not a valid number."
+    ) -> None:
+        """Answer 40002 to every request carrying one of ``event_ids``, until :meth:`reset`.
+
+        As TikTok does with a batch holding one invalid event, the whole request is refused
+        and the message names the first such event by its index: ``data.3.<reason>``.
+        """
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"reason must be a non-empty string, got {reason!r}")
+        ids = [event_ids] if isinstance(event_ids, str) else list(event_ids)
+        for event_id in ids:
+            if not isinstance(event_id, str) or not event_id:
+                raise ValueError(f"event_ids must be non-empty strings, got {event_id!r}")
+        with self._lock:
+            self._rejected.update(dict.fromkeys(ids, reason))
+
     def set_latency(self, seconds: float) -> None:
         """Delay every later answer (not a scripted one that has its own ``delay``)."""
         seconds = _check_delay(seconds, "latency")
@@ -541,11 +569,12 @@ class SandboxServer:
             return self._latency
 
     def reset(self) -> None:
-        """Forget requests, pixel calls and queued answers; latency returns to its initial value."""
+        """Forget requests, pixel calls, queued answers and rejections; reset the latency."""
         with self._lock:
             self._records.clear()
             self._pixel_calls.clear()
             self._queue.clear()
+            self._rejected.clear()
             self._latency = self._initial_latency
 
     # --- inspection ---
@@ -697,7 +726,19 @@ class SandboxServer:
         with self._lock:
             script = self._queue.popleft() if self._queue else None
             delay = self._latency
-            if script is None:
+            blamed = (
+                _first_rejected(body, self._rejected)
+                if script is None and verdict.code == CODE_OK and self._rejected
+                else None
+            )
+            if blamed is not None:
+                reason = self._rejected[body["data"][blamed]["event_id"]]
+                answer = {
+                    "status": 200,
+                    "code": CODE_INVALID_PARAMETER,
+                    "message": f"data.{blamed}.{reason}",
+                }
+            elif script is None:
                 answer = {"status": 200, "code": verdict.code, "message": verdict.message}
             else:
                 delay = float(script.get("delay", delay))
