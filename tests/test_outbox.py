@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.shop.models import Order, OrderLine
-from tiktok_tracking import capture_context, delivery
+from tiktok_tracking import capture_context, delivery, tasks
 from tiktok_tracking.adapters import OrderAdapter
 from tiktok_tracking.client import DELIVERED, TRANSIENT, Outcome
 from tiktok_tracking.models import CheckoutContext, DeliveryAttempt, TrackedEvent
@@ -390,6 +390,31 @@ def test_purge_removes_raw_ip_and_user_agent_after_retention():
     assert "ip" in TrackedEvent.objects.get(event_id="order_1").payload["user"]
     context = CheckoutContext.objects.get()
     assert context.ip is None and context.user_agent == ""
+
+
+@pytest.mark.django_db
+def test_purge_follows_the_configured_retention_and_spares_rows_still_to_send(settings):
+    settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "RETENTION_DAYS": 30}
+    _rows(3)
+    now = timezone.now()
+    TrackedEvent.objects.update(status=Status.FAILED)
+    TrackedEvent.objects.filter(event_id="order_0").update(updated_at=now - timedelta(days=31))
+    TrackedEvent.objects.filter(event_id="order_1").update(updated_at=now - timedelta(days=8))
+    # Still waiting for delivery, however old: TikTok needs its ip and user agent to match.
+    TrackedEvent.objects.filter(event_id="order_2").update(
+        status=Status.PENDING, updated_at=now - timedelta(days=90)
+    )
+
+    tasks.purge_personal_data()
+
+    users = dict(TrackedEvent.objects.values_list("event_id", "payload__user"))
+    assert users["order_0"] == {"ttclid": "c"}
+    assert users["order_1"]["ip"] == users["order_2"]["ip"] == "203.0.113.1"
+    assert users["order_2"]["user_agent"] == "UA"
+    purged = TrackedEvent.objects.get(event_id="order_0")
+    assert purged.personal_data_purged_at is not None
+    # Run again, nothing more to do: purged rows are not rewritten.
+    assert delivery.purge_personal_data() == 0
 
 
 @given(st.integers(min_value=0, max_value=200), st.floats(min_value=0, max_value=1))
