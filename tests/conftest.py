@@ -95,9 +95,9 @@ def start_beat(celery_env, tmp_path):
 UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 
 
-@pytest.fixture
-def broken_broker():
-    """Make this process's Celery app publish to a broker that is down, for a block of code."""
+@contextmanager
+def publishing_to(broker_url, flush_timeout=30):
+    """Make this process's Celery app publish to ``broker_url`` for a block of code."""
     from tests.celery_app import app
 
     def reset_pools():
@@ -105,17 +105,19 @@ def broken_broker():
         app._pool = None
         app.amqp._producer_pool = None
 
-    @contextmanager
-    def broken():
-        saved = app.conf.get("broker_write_url")
-        app.conf.broker_write_url = UNREACHABLE_BROKER
+    saved = app.conf.get("broker_write_url")
+    app.conf.broker_write_url = broker_url
+    reset_pools()
+    try:
+        yield
+        # Publishes happen on a background thread: let them meet the broker first.
+        assert publisher.flush(timeout=flush_timeout), "the background publisher did not finish"
+    finally:
+        app.conf.broker_write_url = saved
         reset_pools()
-        try:
-            yield
-            # Publishes happen on a background thread: let them meet the dead broker.
-            assert publisher.flush(timeout=30), "the background publisher did not finish"
-        finally:
-            app.conf.broker_write_url = saved
-            reset_pools()
 
-    return broken
+
+@pytest.fixture
+def broken_broker():
+    """Make this process's Celery app publish to a broker that is down, for a block of code."""
+    return lambda: publishing_to(UNREACHABLE_BROKER)

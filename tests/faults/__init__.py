@@ -1,0 +1,1 @@
+"""The fault matrix and the concurrency test: real workers on PostgreSQL + Redis under failures."""

@@ -1,0 +1,68 @@
+"""Four worker processes on one outbox, beat running and a sweeper racing them: exactly once."""
+
+import os
+import re
+import threading
+import time
+import uuid
+
+import pytest
+from django.db import connection
+
+from tests.faults.conftest import finish, needs_services
+from tests.faults.harness import OrderBook
+from tiktok_tracking import tasks
+
+pytestmark = needs_services
+
+ORDERS = int(os.environ.get("TIKTOK_FAULT_ORDERS", "1000"))
+WORKERS = 4
+DELIVERED_LINE = re.compile(r"TikTok delivery: \d+ claimed, (\d+) delivered")
+
+
+@pytest.fixture
+def book():
+    return OrderBook(prefix=f"C{uuid.uuid4().hex[:6]}")
+
+
+def test_four_workers_beat_and_a_racing_sweeper_deliver_each_event_once(sandbox, cluster, book):
+    started = time.monotonic()
+    # A short answer time keeps many small batches in flight across the four workers.
+    sandbox.set_latency(0.02)
+    workers = [cluster.worker() for _ in range(WORKERS)]
+    cluster.beat()
+
+    # Beat sweeps every second; this sweeper runs flat out beside it, expiring leases and
+    # waking workers while they claim, send and record.
+    stop = threading.Event()
+    sweeps = []
+
+    def sweep():
+        try:
+            while not stop.is_set():
+                tasks.sweep_outbox()
+                sweeps.append(1)
+                time.sleep(0.01)
+        finally:
+            connection.close()
+
+    sweeper = threading.Thread(target=sweep, name="racing-sweeper")
+    sweeper.start()
+    try:
+        # Twice the usual orders, paid from eight threads at once.
+        book.paid_mix(2 * ORDERS, threads=8)
+        finish(
+            "4 workers + beat + racing sweeper",
+            book,
+            sandbox,
+            started=started,
+            sweeps=len(sweeps),
+        )
+    finally:
+        stop.set()
+        sweeper.join(timeout=30)
+
+    delivered_by = [sum(int(n) for n in DELIVERED_LINE.findall(worker.log())) for worker in workers]
+    # Every worker took part: the test raced them rather than letting one do everything.
+    assert sum(1 for n in delivered_by if n) >= 3, delivered_by
+    assert len(sweeps) > 10
