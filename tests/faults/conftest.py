@@ -138,7 +138,9 @@ def finish(name, book, sandbox, *, allow_resends=False, started, timeout=120, **
     figures = {
         "scenario": name,
         "committed": book.committed,
+        "withheld": len(book.withheld),
         "rolled_back": len(book.rolled_back),
+        "rejected": len(book.rejected),
         "expected": verdict.expected,
         "counted": verdict.counted,
         "missing": len(verdict.missing),
@@ -177,19 +179,35 @@ def pytest_terminal_summary(terminalreporter):
         return
     write = terminalreporter.write_line
     terminalreporter.section("fault matrix (each scenario judged from the sandbox's records)")
-    header = (
-        f"{'scenario':<34} {'committed':>9} {'expected':>8} {'counted':>7} {'missing':>7} "
-        f"{'leaked':>6} {'resent':>6} {'requests':>8} {'checkout max':>12} {'seconds':>7}"
+    columns = (
+        ("scenario", 34, "scenario"),
+        ("committed", 9, "committed"),
+        ("withheld", 8, "withheld"),
+        ("rolled back", 11, "rolled_back"),
+        ("expected", 8, "expected"),
+        ("counted", 7, "counted"),
+        ("missing", 7, "missing"),
+        ("leaked", 6, "leaked"),
+        ("resent", 6, "resent"),
+        ("requests", 8, "requests"),
+        ("checkout max ms", 15, "checkout_max_ms"),
+        ("seconds", 7, "seconds"),
     )
-    write(header)
+    write(
+        " ".join(
+            f"{title:<{width}}" if key == "scenario" else f"{title:>{width}}"
+            for title, width, key in columns
+        )
+    )
     for s in SCENARIOS:
         write(
-            f"{s['scenario']:<34} {s['committed']:>9} {s['expected']:>8} {s['counted']:>7} "
-            f"{s['missing']:>7} {s['leaked']:>6} {s['resent']:>6} {s['requests']:>8} "
-            f"{s['checkout_max_ms']:>9} ms {s['seconds']:>7}"
+            " ".join(
+                f"{s[key]:<{width}.{width}}" if key == "scenario" else f"{s[key]:>{width}}"
+                for _, width, key in columns
+            )
         )
     target = os.environ.get("TIKTOK_FAULT_REPORT") or str(
         Path(settings.RUN_DIR) / "fault-matrix.json"
     )
-    Path(target).write_text(json.dumps(SCENARIOS, indent=2, default=str))
+    Path(target).write_text(json.dumps(SCENARIOS, indent=2, default=str) + "\n")
     write(f"figures written to {target}")

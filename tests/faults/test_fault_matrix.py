@@ -336,7 +336,7 @@ def test_revoked_token_fixed_and_resent_from_the_admin(sandbox, cluster, book):
     )
     assert response.status_code == 200
     assert f"{len(book.expected)} events queued to be sent again" in response.content.decode()
-    figures = finish("revoked token, fixed, resent from admin", book, sandbox, started=started)
+    figures = finish("revoked token, resent from admin", book, sandbox, started=started)
     assert figures["attempts"]["permanent"] == len(book.expected)
 
 
