@@ -51,7 +51,7 @@ def test_four_workers_beat_and_a_racing_sweeper_deliver_each_event_once(sandbox,
     try:
         # Twice the usual orders, paid from eight threads at once.
         book.paid_mix(2 * ORDERS, threads=8)
-        finish(
+        figures = finish(
             "4 workers + beat + racing sweeper",
             book,
             sandbox,
@@ -63,6 +63,7 @@ def test_four_workers_beat_and_a_racing_sweeper_deliver_each_event_once(sandbox,
         sweeper.join(timeout=30)
 
     delivered_by = [sum(int(n) for n in DELIVERED_LINE.findall(worker.log())) for worker in workers]
+    figures["deliveries_per_worker"] = delivered_by
     # Every worker took part: the test raced them rather than letting one do everything.
     assert sum(1 for n in delivered_by if n) >= 3, delivered_by
     assert len(sweeps) > 10
