@@ -3,6 +3,7 @@
 import argparse
 import http.client
 import math
+import os
 import shutil
 import socketserver
 import subprocess
@@ -50,6 +51,10 @@ QUIET_SECONDS = 3.0
 POLL_INTERVAL = 0.2
 REQUEST_TIMEOUT = 30.0
 SERVER_READY = "WSGI server listening on port "
+# Set in a server's environment, it serves the shop without the app: the app's
+# payment_completed receiver is disconnected at start, as bench.checkout's baseline does.
+WITHOUT_APP_ENV = "TIKTOK_BENCH_WITHOUT_APP"
+WITHOUT_APP_READY = "payment_completed receiver disconnected: the shop without the app"
 SERVER_START_TIMEOUT = 30.0
 # The test shop's country switch: a US visitor, whose purchase the consent policy lets through.
 REQUEST_HEADERS = {"Cookie": "country=US", "Content-Length": "0"}
@@ -209,8 +214,20 @@ def serve():
 
     server = ThreadingWSGIServer(("127.0.0.1", 0), KeepAliveRequestHandler)
     server.set_app(get_wsgi_application())
+    if os.environ.get(WITHOUT_APP_ENV):
+        disconnect_receiver()
     print(f"{SERVER_READY}{server.server_port}", flush=True)
     server.serve_forever(poll_interval=0.1)
+
+
+def disconnect_receiver():
+    """Take the app's receiver off payment_completed; a baseline still wired to it would lie."""
+    from bench.checkout import DISPATCH_UID
+    from tiktok_tracking.signals import payment_completed
+
+    if not payment_completed.disconnect(dispatch_uid=DISPATCH_UID):
+        sys.exit(f"no receiver connected to payment_completed as {DISPATCH_UID!r}")
+    print(WITHOUT_APP_READY, flush=True)
 
 
 class WsgiServerProcess:
@@ -218,8 +235,9 @@ class WsgiServerProcess:
 
     kind = "wsgi server"
 
-    def __init__(self, env, log_dir):
-        self.log_path = Path(log_dir) / "wsgi-server.log"
+    def __init__(self, env, log_dir, name="wsgi-server"):
+        # A name per server, so that servers sharing a run's folder keep their logs apart.
+        self.log_path = Path(log_dir) / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.latency", "--serve"],
