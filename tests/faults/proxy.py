@@ -115,9 +115,17 @@ class ToggleProxy:
             if upstream is not None:
                 upstream.settimeout(None)
             with self._lock:
-                self._sockets.add(client)
-                if upstream is not None:
-                    self._sockets.add(upstream)
+                refused = self._mode == REFUSE
+                if not refused:
+                    self._sockets.add(client)
+                    if upstream is not None:
+                        self._sockets.add(upstream)
+            if refused:
+                # Accepted just as the service went down: it dies with the rest.
+                for sock in (client, upstream):
+                    if sock is not None:
+                        _reset(sock)
+                continue
             self._pump(client, upstream)
             if upstream is not None:
                 self._pump(upstream, client)

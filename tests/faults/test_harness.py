@@ -73,6 +73,8 @@ def test_proxy_forwards_refuses_and_comes_back_on_the_same_port(echo_server):
     try:
         assert round_trip(proxy.port) == b"ping"
         open_conn = socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
+        open_conn.sendall(b"open")
+        assert open_conn.recv(1024) == b"open"
 
         proxy.set_mode(REFUSE)
         with pytest.raises(ConnectionRefusedError):
