@@ -1,12 +1,11 @@
 """Admin: the delivery log with dedup verdicts, resend actions, a per-order panel, the dashboard."""
 
 import json
-from datetime import timedelta
 from functools import partial
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db import connection, transaction
+from django.db import connection
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -18,12 +17,9 @@ from tiktok_tracking import conf
 from tiktok_tracking.dashboard import dashboard_view
 from tiktok_tracking.dedup import VERDICTS, dedup_verdict, verdict_filter
 from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
-from tiktok_tracking.receivers import enqueue_delivery
+from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
 Status = TrackedEvent.Status
-
-# TikTok deduplicates repeats of an event_id only within 48 hours: a resend after that counts twice.
-RESEND_WINDOW = timedelta(hours=48)
 
 STATUS_COLOURS = {
     Status.PENDING: "#946c00",
@@ -351,45 +347,23 @@ class TrackedEventAdmin(admin.ModelAdmin):
         return format_html("<pre>{}</pre>", json.dumps(shown, indent=2, ensure_ascii=False))
 
     def _resend(self, request, queryset, test_event_code):
-        now = timezone.now()
-        sendable, refused = [], []
-        for row in queryset.only("pk", "status", "event_time", "payload", "event_id"):
-            if not row.payload:
-                refused.append((row, _("no payload (invalid order data)")))
-            elif row.status in (Status.PENDING, Status.SENDING):
-                refused.append((row, _("already queued")))
-            elif now - row.event_time > RESEND_WINDOW:
-                refused.append(
-                    (row, _("older than 48 h: TikTok would count it twice, not deduplicate it"))
-                )
-            else:
-                sendable.append(row.pk)
-        with transaction.atomic():
-            TrackedEvent.objects.filter(pk__in=sendable).update(
-                status=Status.PENDING,
-                next_attempt_at=now,
-                claim_token="",
-                lease_expires_at=None,
-                suppressed_reason="",
-                test_event_code=test_event_code,
-                updated_at=now,
-            )
-            if sendable:
-                transaction.on_commit(partial(enqueue_delivery, sendable), robust=True)
-        if sendable:
+        report = resend_events(queryset, test_event_code=test_event_code)
+        if report.requeued:
             self.message_user(
                 request,
                 ngettext(
                     "%d event queued to be sent again with the same event_id.",
                     "%d events queued to be sent again with the same event_ids.",
-                    len(sendable),
+                    report.requeued,
                 )
-                % len(sendable),
+                % report.requeued,
                 messages.SUCCESS,
             )
-        for row, reason in refused:
+        for event_id, reason in report.refused_rows:
             self.message_user(
-                request, format_html("Not resent: {} ({})", row.event_id, reason), messages.WARNING
+                request,
+                format_html("Not resent: {} ({})", event_id, REFUSAL_REASONS[reason]),
+                messages.WARNING,
             )
 
     @admin.action(description=_("Resend (same event_id)"), permissions=["send"])
