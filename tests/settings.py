@@ -105,6 +105,8 @@ TIKTOK_TRACKING = {
     # One event per order keeps the delivery tests about the purchase; the funnel event has
     # tests of its own.
     "SERVER_FUNNEL_EVENTS": (),
+    # What tiktok_reconcile compares the outbox with.
+    "PAID_ORDERS": "tests.shop.reports.paid_orders",
 }
 # The delivery benchmark compares batch sizes; unset, the app's default applies (and is tested).
 if env.str("TIKTOK_BATCH_SIZE", default=""):

@@ -65,6 +65,10 @@ DEFAULTS = {
     "SERVER_FUNNEL_EVENTS": ("InitiateCheckout",),
     # How long a browser receipt token stays valid.
     "RECEIPT_MAX_AGE_SECONDS": 2 * 24 * 3600,
+    # The shop's paid orders, for tiktok_reconcile: a dotted path to a callable
+    # (since, until) -> iterable of orders, each read through ORDER_ADAPTER. Only the shop knows
+    # which orders were paid; without it the command reports recorded purchases only.
+    "PAID_ORDERS": None,
 }
 
 

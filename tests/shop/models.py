@@ -1,6 +1,7 @@
 """Orders as a plain shop would model them."""
 
 from django.db import models
+from django.utils import timezone
 
 
 class Order(models.Model):
@@ -12,6 +13,7 @@ class Order(models.Model):
     total = models.DecimalField(max_digits=12, decimal_places=2)
     customer_id = models.CharField(max_length=32, blank=True)
     paid = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):
         return f"order {self.number}"

@@ -1,0 +1,1 @@
+"""The app's management commands and the small helpers they share."""

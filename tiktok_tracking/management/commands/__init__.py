@@ -1,0 +1,1 @@
+"""tiktok_check, tiktok_resend and tiktok_reconcile."""

@@ -1,0 +1,204 @@
+"""Reconciling the shop's paid orders with the purchases recorded in the outbox, by country."""
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from django.db.models import Count, QuerySet
+from django.utils.module_loading import import_string
+
+from tiktok_tracking import conf
+from tiktok_tracking.adapters import clean_country, clean_order_id, get_adapter_class
+from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
+from tiktok_tracking.models import TrackedEvent
+from tiktok_tracking.standards import PURCHASE_EVENT_NAMES
+
+Status = TrackedEvent.Status
+
+# Order ids looked up in the outbox per query: a few thousand orders never mean a few thousand
+# queries, and no IN list grows past what every database accepts.
+LOOKUP_CHUNK = 500
+
+# Which column each row status is counted in; sending rows are still on their way.
+STATUS_COLUMNS = {
+    Status.DELIVERED: "delivered",
+    Status.FAILED: "failed",
+    Status.SUPPRESSED: "suppressed",
+    Status.PENDING: "pending",
+    Status.SENDING: "pending",
+}
+COLUMNS = ("country", "paid", "recorded", "delivered", "failed", "suppressed", "pending", "missing")
+
+
+@dataclass(frozen=True)
+class ReconcileLine:
+    """One country's figures ("" is unknown, None the totals); paid/missing None if unknown."""
+
+    country: str | None
+    paid: int | None
+    recorded: int
+    delivered: int
+    failed: int
+    suppressed: int
+    pending: int
+    missing: int | None
+
+    def as_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class PaidOrders:
+    """What the shop's paid orders of the period came to, read through the order adapter."""
+
+    by_country: Counter = field(default_factory=Counter)
+    missing_by_country: Counter = field(default_factory=Counter)
+    # ``(order_id, country)`` of paid orders with no purchase recorded, as many as asked for.
+    missing: list = field(default_factory=list)
+    # Orders whose id the adapter could not read: paid, but not comparable with the outbox.
+    unreadable: int = 0
+
+
+def purchase_names():
+    """Every name a purchase may be recorded under: the configured one and TikTok's two."""
+    return frozenset(PURCHASE_EVENT_NAMES | {conf.get("PURCHASE_EVENT")})
+
+
+def recorded_counts(since, until, names=None):
+    """``{(country, status): rows}`` of the purchases recorded in ``[since, until)``: one query."""
+    rows = (
+        TrackedEvent.objects.filter(
+            event__in=names or purchase_names(), created_at__gte=since, created_at__lt=until
+        )
+        .order_by()
+        .values_list("country", "status")
+        .annotate(rows=Count("pk"))
+    )
+    return {(country, status): count for country, status, count in rows}
+
+
+def paid_orders_source():
+    """The shop's ``PAID_ORDERS`` callable, or None when the setting is not set."""
+    path = conf.get("PAID_ORDERS")
+    if not path:
+        return None
+    if callable(path):
+        return path
+    setting = f"{conf.SETTING_NAME}['PAID_ORDERS']"
+    try:
+        source = import_string(str(path))
+    except ImportError as exc:
+        raise TikTokTrackingImproperlyConfigured(
+            f"{setting} = {path!r} could not be imported: {exc}"
+        ) from exc
+    if not callable(source):
+        raise TikTokTrackingImproperlyConfigured(f"{setting} = {path!r} is not callable.")
+    return source
+
+
+def scan_paid_orders(orders, *, adapter_class=None, names=None, keep_missing=0):
+    """Count ``orders`` by country and find those with no purchase recorded at all.
+
+    A purchase recorded just outside the period still counts as recorded: the gap is what the
+    outbox never got. Orders are read one by one (``.iterator()`` for a queryset) and looked up
+    in chunks, so a month of orders is never held in memory.
+    """
+    adapter_class = adapter_class or get_adapter_class(conf.get("ORDER_ADAPTER"))
+    names = names or purchase_names()
+    if isinstance(orders, QuerySet):
+        orders = orders.iterator(chunk_size=2000)
+    paid = PaidOrders()
+    waiting = {}
+    for order in orders:
+        adapter = adapter_class(order)
+        country = _country(adapter)
+        paid.by_country[country] += 1
+        try:
+            order_id = clean_order_id(adapter.order_id())
+        except Exception:
+            # The receiver recorded such an order under an "invalid_" id: it cannot be matched.
+            paid.unreadable += 1
+            continue
+        waiting[order_id] = country
+        if len(waiting) >= LOOKUP_CHUNK:
+            _find_missing(waiting, names, paid, keep_missing)
+            waiting = {}
+    _find_missing(waiting, names, paid, keep_missing)
+    return paid
+
+
+def _country(adapter):
+    try:
+        return clean_country(adapter.country()) or ""
+    except InvalidOrderData:
+        # Counted as unknown, as the receiver records it.
+        return ""
+
+
+def _find_missing(waiting, names, paid, keep_missing):
+    if not waiting:
+        return
+    recorded = set(
+        TrackedEvent.objects.filter(event__in=names, order_id__in=list(waiting))
+        .order_by()
+        .values_list("order_id", flat=True)
+        .distinct()
+    )
+    for order_id, country in waiting.items():
+        if order_id in recorded:
+            continue
+        paid.missing_by_country[country] += 1
+        if len(paid.missing) < keep_missing:
+            paid.missing.append((order_id, country))
+
+
+def reconcile_lines(recorded, paid=None):
+    """The per-country lines and the totals line (pure).
+
+    ``recorded`` is :func:`recorded_counts`' answer, ``paid`` a :class:`PaidOrders` or None when
+    the shop's paid orders are unknown. Countries are sorted by code, unknown last.
+    """
+    figures = {}
+
+    def line(country):
+        return figures.setdefault(
+            country,
+            {"recorded": 0, "delivered": 0, "failed": 0, "suppressed": 0, "pending": 0},
+        )
+
+    for (country, status), count in recorded.items():
+        counts = line(country or "")
+        counts["recorded"] += count
+        column = STATUS_COLUMNS.get(status)
+        if column:
+            counts[column] += count
+    if paid is not None:
+        for country in paid.by_country:
+            line(country)
+    lines = [
+        ReconcileLine(
+            country=country,
+            paid=None if paid is None else paid.by_country.get(country, 0),
+            missing=None if paid is None else paid.missing_by_country.get(country, 0),
+            **counts,
+        )
+        for country, counts in sorted(figures.items(), key=lambda item: (not item[0], item[0]))
+    ]
+    return lines, totals_line(lines, paid_known=paid is not None)
+
+
+def totals_line(lines, *, paid_known):
+    """The sum of ``lines`` (pure)."""
+
+    def total(name):
+        return sum(getattr(line, name) for line in lines)
+
+    return ReconcileLine(
+        country=None,
+        paid=total("paid") if paid_known else None,
+        recorded=total("recorded"),
+        delivered=total("delivered"),
+        failed=total("failed"),
+        suppressed=total("suppressed"),
+        pending=total("pending"),
+        missing=total("missing") if paid_known else None,
+    )
