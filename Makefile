@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format sandbox demo bench soak clean
+.PHONY: test lint format sandbox demo bench soak audit clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,5 +47,17 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --database-url $(BENCH_POSTGRES)/tiktok_bench_soak
 
+# Needs PyPI's vulnerability data (pypi.org or osv.dev); --strict fails rather than pass over
+# packages it could not audit.
+PIP_AUDIT_VERSION ?= 2.10.1
+
+AUDIT_VENV ?= .venv-audit
+
+# A virtualenv of its own, so that the auditor's dependencies never mix with the project's.
+audit:
+	@test -x $(AUDIT_VENV)/bin/python || $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install --quiet pip-audit==$(PIP_AUDIT_VERSION)
+	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip -r requirements.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache .ruff_cache .hypothesis
