@@ -1,8 +1,13 @@
 """What every benchmark shares: the test project's settings on a chosen database, and PostgreSQL."""
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from urllib.parse import urlsplit
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def database_name(url, purpose):
@@ -58,6 +63,35 @@ def setup_django(url, run_dir):
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
+
+
+def run_on_postgres(url, purpose, run, *, keep, needs, run_dir_prefix):
+    """``run(run_dir)`` on the PostgreSQL database ``url``: created and migrated first, dropped
+    after unless ``keep``; ``needs`` says why a database that is not PostgreSQL is refused."""
+    name = database_name(url, purpose)
+    if not is_postgres(url):
+        sys.exit(needs)
+    run_dir = tempfile.mkdtemp(prefix=run_dir_prefix)
+    create_postgres_database(url, name)
+    try:
+        setup_django(url, run_dir)
+        return run(run_dir)
+    finally:
+        if not keep:
+            drop_postgres_database(url, name)
+            print(f"Dropped database {name}.")
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def cpu_seconds(pid):
+    """User plus system CPU seconds of process ``pid`` so far, from /proc; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # utime and stime are the 14th and 15th fields; the command name before ")" may hold spaces.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def child_environment(database_url, run_dir, api_url, broker_url, **extra):

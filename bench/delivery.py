@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.common import (
     child_environment,
+    cpu_seconds,
     create_postgres_database,
     database_name,
     drop_postgres_database,
@@ -55,7 +56,6 @@ CLAIMED_LOG_LINE = re.compile(r"TikTok delivery: (\d+) claimed")
 # Celery's log line after a task has run.
 TASK_DONE_LOG_LINE = "succeeded in"
 DELIVER_TASK = "tiktok_tracking.deliver_events"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SQL_TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE)\s+"(\w+)"')
 SQL_STATUS_SET = re.compile(r'\bSET\s+"status"\s*=\s*%s')
 
@@ -375,17 +375,6 @@ def memory_kb(pid):
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0])
     return values["VmRSS"], values["VmHWM"]
-
-
-def cpu_seconds(pid):
-    """User plus system CPU time a process has used so far, or None once it has gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # utime and stime are the 14th and 15th fields; the command name before ")" may hold spaces.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 class CpuMeter:

@@ -4,11 +4,9 @@ import argparse
 import http.client
 import math
 import os
-import shutil
 import socketserver
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +18,9 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from bench.common import (
     child_environment,
-    create_postgres_database,
-    database_name,
-    drop_postgres_database,
     flush_broker,
-    is_postgres,
     make_orders,
-    setup_django,
+    run_on_postgres,
 )
 
 # Why the benchmark refuses databases not named for it.
@@ -672,20 +666,14 @@ def main(argv=None):
     if args.serve:
         serve()
         return 0
-    url = args.database_url
-    name = database_name(url, PURPOSE)
-    if not is_postgres(url):
-        sys.exit("The latency benchmark needs PostgreSQL: a server, a worker and beat share it.")
-    run_dir = tempfile.mkdtemp(prefix="tiktok-bench-latency-")
-    create_postgres_database(url, name)
-    try:
-        setup_django(url, run_dir)
-        return run(args, url, run_dir)
-    finally:
-        if not args.keep:
-            drop_postgres_database(url, name)
-            print(f"Dropped database {name}.")
-        shutil.rmtree(run_dir, ignore_errors=True)
+    return run_on_postgres(
+        args.database_url,
+        PURPOSE,
+        lambda run_dir: run(args, args.database_url, run_dir),
+        keep=args.keep,
+        needs="The latency benchmark needs PostgreSQL: a server, a worker and beat share it.",
+        run_dir_prefix="tiktok-bench-latency-",
+    )
 
 
 if __name__ == "__main__":

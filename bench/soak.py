@@ -2,9 +2,7 @@
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -14,13 +12,10 @@ from urllib.parse import urlsplit
 
 from bench.common import (
     child_environment,
-    create_postgres_database,
-    database_name,
-    drop_postgres_database,
+    cpu_seconds,
     flush_broker,
-    is_postgres,
     make_orders,
-    setup_django,
+    run_on_postgres,
 )
 from bench.latency import (
     DEFAULT_CLIENT_THREADS,
@@ -59,7 +54,6 @@ TARGET_ADDED_P99_MS = 5
 LOG_TAIL_LINES = 30
 # A short lead so that a block's first requests are not already late when it is submitted.
 BLOCK_LEAD = 0.2
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVERS = (
     ("A", "app installed"),
     ("B", "receiver disconnected"),
@@ -193,17 +187,6 @@ def memory_kb(pid, field):
 
 def sample_memory(processes, field="VmRSS"):
     return {label: memory_kb(process.pid, field) for label, process in processes.items()}
-
-
-def cpu_seconds(pid):
-    """User plus system CPU seconds of process ``pid`` so far, from /proc; None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # After the command's closing parenthesis the fields start at the third: utime is the 14th.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def machine_ticks():
@@ -659,20 +642,14 @@ def run(args, url, run_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    url = args.database_url
-    name = database_name(url, PURPOSE)
-    if not is_postgres(url):
-        sys.exit("The soak benchmark needs PostgreSQL: two servers, a worker and beat share it.")
-    run_dir = tempfile.mkdtemp(prefix="tiktok-bench-soak-")
-    create_postgres_database(url, name)
-    try:
-        setup_django(url, run_dir)
-        return run(args, url, run_dir)
-    finally:
-        if not args.keep:
-            drop_postgres_database(url, name)
-            print(f"Dropped database {name}.")
-        shutil.rmtree(run_dir, ignore_errors=True)
+    return run_on_postgres(
+        args.database_url,
+        PURPOSE,
+        lambda run_dir: run(args, args.database_url, run_dir),
+        keep=args.keep,
+        needs="The soak benchmark needs PostgreSQL: two servers, a worker and beat share it.",
+        run_dir_prefix="tiktok-bench-soak-",
+    )
 
 
 if __name__ == "__main__":
