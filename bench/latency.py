@@ -84,6 +84,21 @@ def parse_args(argv=None):
         default=DEFAULT_WORKERS,
         help=f"Celery worker processes, solo pool each (default {DEFAULT_WORKERS})",
     )
+    add_run_arguments(parser, broker_url=DEFAULT_BROKER_URL)
+    # The WSGI server's own entry point, started by the benchmark in a process of its own.
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.serve:
+        if args.rate <= 0 or args.seconds <= 0:
+            parser.error("--rate and --seconds must be positive")
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        check_run_arguments(parser, args)
+    return args
+
+
+def add_run_arguments(parser, *, broker_url, per_server=""):
+    """The options this benchmark shares with the soak: sandbox, servers, broker, load, keep."""
     parser.add_argument(
         "--sandbox-latency",
         type=float,
@@ -100,34 +115,31 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--broker-url",
-        default=DEFAULT_BROKER_URL,
-        help=f"Redis database used as the Celery broker (default {DEFAULT_BROKER_URL}); "
+        default=broker_url,
+        help=f"Redis database used as the Celery broker (default {broker_url}); "
         "it is flushed before and after the run",
     )
     parser.add_argument(
         "--client-threads",
         type=int,
         default=DEFAULT_CLIENT_THREADS,
-        help=f"load generator threads (default {DEFAULT_CLIENT_THREADS})",
+        help=f"load generator threads{per_server} (default {DEFAULT_CLIENT_THREADS})",
     )
     parser.add_argument(
         "--keep", action="store_true", help="leave the database (orders, events) in place"
     )
-    # The WSGI server's own entry point, started by the benchmark in a process of its own.
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if not args.serve:
-        if args.rate <= 0 or args.seconds <= 0:
-            parser.error("--rate and --seconds must be positive")
-        if args.workers < 1 or args.client_threads < 1:
-            parser.error("--workers and --client-threads must be at least 1")
-        if args.conn_max_age < 0:
-            parser.error("--conn-max-age must be 0 or more")
-        broker = urlsplit(args.broker_url)
-        # The run flushes it: never the database every Redis client uses by default.
-        if broker.scheme != "redis" or broker.path.strip("/") in ("", "0"):
-            parser.error("--broker-url must be redis://host:port/<n> with n other than 0")
-    return args
+
+
+def check_run_arguments(parser, args):
+    """Refuse values of :func:`add_run_arguments`' options that cannot make a run."""
+    if args.client_threads < 1:
+        parser.error("--client-threads must be at least 1")
+    if args.conn_max_age < 0:
+        parser.error("--conn-max-age must be 0 or more")
+    broker = urlsplit(args.broker_url)
+    # The run flushes it: never the database every Redis client uses by default.
+    if broker.scheme != "redis" or broker.path.strip("/") in ("", "0"):
+        parser.error("--broker-url must be redis://host:port/<n> with n other than 0")
 
 
 # --- the WSGI server (runs in its own process) --------------------------------------------------

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlsplit
 
 from bench.common import (
     child_environment,
@@ -18,14 +17,13 @@ from bench.common import (
     run_on_postgres,
 )
 from bench.latency import (
-    DEFAULT_CLIENT_THREADS,
-    DEFAULT_CONN_MAX_AGE,
-    DEFAULT_SANDBOX_LATENCY,
     WITHOUT_APP_ENV,
     WITHOUT_APP_READY,
     LoadGenerator,
     WsgiServerProcess,
+    add_run_arguments,
     analyse,
+    check_run_arguments,
     ms_text,
     paid_orders,
     percentile,
@@ -92,34 +90,7 @@ def parse_args(argv=None):
         help=f"PostgreSQL database to use (default {DEFAULT_DATABASE_URL}); its name must "
         "contain 'bench'. It is created if missing and dropped at the end unless --keep",
     )
-    parser.add_argument(
-        "--sandbox-latency",
-        type=float,
-        default=DEFAULT_SANDBOX_LATENCY,
-        help=f"seconds the sandbox takes to answer each track request "
-        f"(default {DEFAULT_SANDBOX_LATENCY:g})",
-    )
-    parser.add_argument(
-        "--conn-max-age",
-        type=int,
-        default=DEFAULT_CONN_MAX_AGE,
-        help=f"the WSGI servers' CONN_MAX_AGE in seconds (default {DEFAULT_CONN_MAX_AGE})",
-    )
-    parser.add_argument(
-        "--broker-url",
-        default=DEFAULT_BROKER_URL,
-        help=f"Redis database used as the Celery broker (default {DEFAULT_BROKER_URL}); "
-        "it is flushed before and after the run",
-    )
-    parser.add_argument(
-        "--client-threads",
-        type=int,
-        default=DEFAULT_CLIENT_THREADS,
-        help=f"load generator threads per server (default {DEFAULT_CLIENT_THREADS})",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="leave the database (orders, events) in place"
-    )
+    add_run_arguments(parser, broker_url=DEFAULT_BROKER_URL, per_server=" per server")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.block_seconds <= 0:
         parser.error("--rate, --seconds and --block-seconds must be positive")
@@ -128,14 +99,7 @@ def parse_args(argv=None):
     if round(args.rate * args.seconds) > 99_999:
         # make_orders numbers orders with five digits.
         parser.error("--rate times --seconds must stay below 100,000 orders per server")
-    if args.client_threads < 1:
-        parser.error("--client-threads must be at least 1")
-    if args.conn_max_age < 0:
-        parser.error("--conn-max-age must be 0 or more")
-    broker = urlsplit(args.broker_url)
-    # The run flushes it: never the database every Redis client uses by default.
-    if broker.scheme != "redis" or broker.path.strip("/") in ("", "0"):
-        parser.error("--broker-url must be redis://host:port/<n> with n other than 0")
+    check_run_arguments(parser, args)
     return args
 
 
