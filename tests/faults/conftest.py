@@ -13,7 +13,7 @@ from django.db.models import Count
 
 from tests import processes
 from tests.conftest import wait_until
-from tests.faults.harness import Status, judge, sandbox_ids
+from tests.faults.harness import OrderBook, Status, judge, sandbox_ids
 from tests.faults.proxy import ToggleProxy
 from tiktok_tracking.models import DeliveryAttempt
 from tiktok_tracking.publisher import publisher
@@ -21,6 +21,8 @@ from tiktok_tracking.publisher import publisher
 # After the last row is finished, keep listening this long (several sweeps of 1 s) for a late
 # duplicate or a row handed back by the sweeper.
 QUIET_SECONDS = 2.5
+# Paid orders per scenario.
+ORDERS = int(os.environ.get("TIKTOK_FAULT_ORDERS", "1000"))
 SCENARIOS = []
 
 
@@ -88,10 +90,16 @@ def cluster(celery_env, tmp_path):
 
     # Left-over wake-ups of an earlier test would only find rows that no longer exist.
     app.control.purge()
-    started = Cluster(celery_env, tmp_path)
-    yield started
-    started.stop()
+    fleet = Cluster(celery_env, tmp_path)
+    yield fleet
+    fleet.stop()
     publisher.flush(timeout=30)
+
+
+@pytest.fixture
+def book():
+    """The scenario's orders, numbered with a prefix of their own."""
+    return OrderBook(prefix=f"F{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture
@@ -123,7 +131,7 @@ def settle(book, timeout=120):
             return
 
 
-def finish(name, book, sandbox, *, allow_resends=False, started, timeout=120, **notes):
+def finish(name, book, sandbox, *, allow_resends=False, timeout=120, **notes):
     """Settle, judge from the sandbox's records, check the outbox agrees, record the figures."""
     settle(book, timeout=timeout)
     connections.close_all()  # a scenario may have restarted the database under us
@@ -151,7 +159,7 @@ def finish(name, book, sandbox, *, allow_resends=False, started, timeout=120, **
         "attempts": outcomes,
         "statuses": statuses,
         "checkout_max_ms": round(max(book.checkout_seconds, default=0) * 1000, 1),
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": round(time.monotonic() - book.started, 1),
         **notes,
     }
     SCENARIOS.append(figures)

@@ -87,7 +87,8 @@ def sandbox_ids(sandbox, prefix):
     sent = []
     for request in sandbox.requests:
         body = request["body"]
-        for item in (body or {}).get("data") or () if isinstance(body, dict) else ():
+        data = body.get("data") if isinstance(body, dict) else None
+        for item in data if isinstance(data, list) else ():
             if isinstance(item, dict) and str(item.get("event_id", "")).startswith(marker):
                 sent.append(item["event_id"])
     return accepted, sent
@@ -107,6 +108,8 @@ class OrderBook:
     rolled_back_numbers: set = field(default_factory=set)
     # Committed and sent, but refused by TikTok as invalid: failed, never counted.
     rejected: set = field(default_factory=set)
+    # When the scenario began, for its duration in the report.
+    started: float = field(default_factory=time.monotonic)
     checkout_seconds: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _count: int = 0

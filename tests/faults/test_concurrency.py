@@ -1,32 +1,21 @@
 """Four worker processes on one outbox, beat running and a sweeper racing them: exactly once."""
 
-import os
 import re
 import threading
 import time
-import uuid
 
-import pytest
 from django.db import connection
 
-from tests.faults.conftest import finish, needs_services
-from tests.faults.harness import OrderBook
+from tests.faults.conftest import ORDERS, finish, needs_services
 from tiktok_tracking import tasks
 
 pytestmark = needs_services
 
-ORDERS = int(os.environ.get("TIKTOK_FAULT_ORDERS", "1000"))
 WORKERS = 4
 DELIVERED_LINE = re.compile(r"TikTok delivery: \d+ claimed, (\d+) delivered")
 
 
-@pytest.fixture
-def book():
-    return OrderBook(prefix=f"C{uuid.uuid4().hex[:6]}")
-
-
 def test_four_workers_beat_and_a_racing_sweeper_deliver_each_event_once(sandbox, cluster, book):
-    started = time.monotonic()
     # A short answer time keeps many small batches in flight across the four workers.
     sandbox.set_latency(0.02)
     workers = [cluster.worker() for _ in range(WORKERS)]
@@ -55,7 +44,6 @@ def test_four_workers_beat_and_a_racing_sweeper_deliver_each_event_once(sandbox,
             "4 workers + beat + racing sweeper",
             book,
             sandbox,
-            started=started,
             sweeps=len(sweeps),
         )
     finally:

@@ -8,8 +8,6 @@ once, nothing is sent for rolled-back or withheld orders, and the outbox agrees.
 import os
 import shutil
 import subprocess
-import time
-import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,21 +18,15 @@ from django.db import connections
 from django.test import Client
 
 from tests.conftest import publishing_to, wait_until
-from tests.faults.conftest import finish, needs_services
+from tests.faults.conftest import ORDERS, finish, needs_services
 from tests.faults.harness import OrderBook, Status
 from tests.faults.proxy import BLACKHOLE, FORWARD, REFUSE
 from tiktok_tracking.models import DeliveryAttempt
 
 pytestmark = needs_services
 
-ORDERS = int(os.environ.get("TIKTOK_FAULT_ORDERS", "1000"))
 # Longer than the client's TIMEOUT (2 s in the test settings): the client gives up first.
 SLOW_ANSWER = 3.0
-
-
-@pytest.fixture
-def book():
-    return OrderBook(prefix=f"F{uuid.uuid4().hex[:6]}")
 
 
 def transient_attempts(book):
@@ -57,40 +49,35 @@ def broker_address():
 # --- TikTok answers badly --------------------------------------------------------------------
 
 
-def test_api_503_bursts(sandbox, cluster, book):
-    started = time.monotonic()
+def with_scripted_answers(name, sandbox, cluster, book, answers, *, allow_resends=False):
+    """Pay the standard mix while TikTok gives ``answers``, once at the start, once at half."""
     start_fleet(cluster)
+    sandbox.program(answers)
+    book.paid_mix(ORDERS, before_half=lambda: sandbox.program(answers))
+    return finish(name, book, sandbox, allow_resends=allow_resends)
+
+
+def test_api_503_bursts(sandbox, cluster, book):
     burst = [{"status": 503, "body": "<html><body>503 Service Unavailable</body></html>"}] * 6
-    sandbox.program(burst)
-    book.paid_mix(ORDERS, before_half=lambda: sandbox.program(burst))
-    finish("API 503 bursts", book, sandbox, started=started)
+    with_scripted_answers("API 503 bursts", sandbox, cluster, book, burst)
     assert transient_attempts(book) > 0
 
 
 def test_rate_limit_storms(sandbox, cluster, book):
-    started = time.monotonic()
-    start_fleet(cluster)
     storm = [{"code": 40100, "message": "Too many requests. Please retry in some time."}] * 15
-    sandbox.program(storm)
-    book.paid_mix(ORDERS, before_half=lambda: sandbox.program(storm))
-    finish("40100 storms", book, sandbox, started=started)
+    with_scripted_answers("40100 storms", sandbox, cluster, book, storm)
     assert DeliveryAttempt.objects.filter(code=40100).exists()
 
 
 def test_timeouts(sandbox, cluster, book):
-    started = time.monotonic()
-    start_fleet(cluster)
     slow = [{"delay": SLOW_ANSWER}] * 3
-    sandbox.program(slow)
-    book.paid_mix(ORDERS, before_half=lambda: sandbox.program(slow))
     # TikTok received the requests the client stopped waiting for: the resends carry the
     # same event_ids, which TikTok deduplicates.
-    finish("timeouts", book, sandbox, started=started, allow_resends=True)
+    with_scripted_answers("timeouts", sandbox, cluster, book, slow, allow_resends=True)
     assert DeliveryAttempt.objects.filter(message__startswith="Timed out").exists()
 
 
 def test_connection_refused(sandbox, cluster, book, proxy):
-    started = time.monotonic()
     api = proxy(sandbox.host, sandbox.port)
     start_fleet(cluster, TIKTOK_API_URL=api.url_for(sandbox.events_url))
     api.set_mode(REFUSE)
@@ -100,12 +87,11 @@ def test_connection_refused(sandbox, cluster, book, proxy):
         api.set_mode(FORWARD)
 
     book.paid_mix(ORDERS, before_half=back_up)
-    finish("connection refused", book, sandbox, started=started)
+    finish("connection refused", book, sandbox)
     assert DeliveryAttempt.objects.filter(message__contains="ConnectionError").exists()
 
 
 def test_parameter_error_for_some_events(sandbox, cluster, book):
-    started = time.monotonic()
     start_fleet(cluster)
 
     def refuse_some(allowed):
@@ -114,15 +100,13 @@ def test_parameter_error_for_some_events(sandbox, cluster, book):
         sandbox.reject_events(book.reject(allowed[::50]))
 
     book.paid_mix(ORDERS, after_create=refuse_some)
-    figures = finish("40002 for some events", book, sandbox, started=started)
+    figures = finish("40002 for some events", book, sandbox)
     assert figures["statuses"][Status.FAILED] == len(book.rejected)
     failed = book.rows().filter(status=Status.FAILED).values_list("last_error", flat=True)
     assert all("Not a valid number" in error for error in failed)
 
 
 def test_malformed_answers(sandbox, cluster, book):
-    started = time.monotonic()
-    start_fleet(cluster)
     garbage = [
         {"status": 200, "body": "<html><body>Oops</body></html>"},
         {"status": 200, "body": ""},
@@ -131,9 +115,7 @@ def test_malformed_answers(sandbox, cluster, book):
         {"status": 502, "body": "Bad Gateway"},
         {"drop": True},
     ]
-    sandbox.program(garbage)
-    book.paid_mix(ORDERS, before_half=lambda: sandbox.program(garbage))
-    finish("malformed answers", book, sandbox, started=started)
+    with_scripted_answers("malformed answers", sandbox, cluster, book, garbage)
     assert transient_attempts(book) > 0
 
 
@@ -141,7 +123,6 @@ def test_malformed_answers(sandbox, cluster, book):
 
 
 def test_broker_down_at_commit_then_back(sandbox, cluster, book, proxy):
-    started = time.monotonic()
     broker = proxy(*broker_address())
     through_proxy = broker.url_for(settings.CELERY_BROKER_URL)
     # Shop, workers and beat all reach the broker through the proxy: all lose it together.
@@ -154,13 +135,12 @@ def test_broker_down_at_commit_then_back(sandbox, cluster, book, proxy):
     with publishing_to(through_proxy, flush_timeout=60):
         broker.set_mode(REFUSE)
         book.paid_mix(ORDERS, before_half=back_up)
-    figures = finish("broker down at commit, then back", book, sandbox, started=started)
+    figures = finish("broker down at commit, then back", book, sandbox)
     # The checkout did not wait for the broker.
     assert figures["checkout_max_ms"] < 1000
 
 
 def test_broker_blackholed(sandbox, cluster, book, proxy):
-    started = time.monotonic()
     broker = proxy(*broker_address())
     through_proxy = broker.url_for(settings.CELERY_BROKER_URL)
     # The shop's link to the broker accepts and never answers; the workers' link is fine.
@@ -169,7 +149,7 @@ def test_broker_blackholed(sandbox, cluster, book, proxy):
     with publishing_to(through_proxy, flush_timeout=120):
         book.paid_mix(ORDERS)
         assert broker.accepted, "the shop never tried the blackholed broker"
-        figures = finish("broker blackholed", book, sandbox, started=started)
+        figures = finish("broker blackholed", book, sandbox)
         broker.set_mode(FORWARD)
     # No checkout hung on the broker: each took what the receiver takes.
     assert figures["checkout_max_ms"] < 1000
@@ -193,7 +173,6 @@ def kill_mid_request(sandbox, book, kill):
 
 
 def test_worker_main_process_killed_mid_batch(sandbox, cluster, book):
-    started = time.monotonic()
     sandbox.set_latency(0.5)
     workers = [cluster.worker()]
     cluster.beat()
@@ -208,14 +187,12 @@ def test_worker_main_process_killed_mid_batch(sandbox, cluster, book):
         "worker SIGKILL (main process)",
         book,
         sandbox,
-        started=started,
         allow_resends=True,
         kills=2,
     )
 
 
 def test_worker_pool_child_killed_mid_batch(sandbox, cluster, book):
-    started = time.monotonic()
     sandbox.set_latency(0.5)
     worker = cluster.worker(prefork=True)
     cluster.beat()
@@ -236,7 +213,6 @@ def test_worker_pool_child_killed_mid_batch(sandbox, cluster, book):
         "worker SIGKILL (pool child)",
         book,
         sandbox,
-        started=started,
         allow_resends=True,
         kills=len(kills),
     )
@@ -258,17 +234,14 @@ def test_postgres_restarted_mid_run(sandbox, cluster, book):
     command = postgres_restart_command()
     if command is None:
         pytest.skip("restarting PostgreSQL needs a local cluster and root (pg_ctlcluster)")
-    started = time.monotonic()
     sandbox.set_latency(0.3)
     start_fleet(cluster)
-    restarts = []
 
     def restart():
         seen = len(sandbox.requests)
         wait_until(lambda: len(sandbox.requests) > seen, timeout=60, message="deliveries")
         connections.close_all()
         subprocess.run(command, check=True, timeout=120, capture_output=True)
-        restarts.append(time.monotonic())
         connections.close_all()
         wait_until(postgres_answers, timeout=60, message="PostgreSQL to come back")
 
@@ -277,7 +250,6 @@ def test_postgres_restarted_mid_run(sandbox, cluster, book):
         "PostgreSQL restarted mid-run",
         book,
         sandbox,
-        started=started,
         allow_resends=True,
         timeout=180,
     )
@@ -299,16 +271,14 @@ def postgres_answers():
 
 
 def test_duplicate_signals(sandbox, cluster, book):
-    started = time.monotonic()
     start_fleet(cluster)
     # Each payment confirmed twice at once from two threads, each sending the signal twice.
     book.paid_mix(ORDERS, threads=4, signals=2, twice=True)
-    finish("duplicate signals", book, sandbox, started=started)
+    finish("duplicate signals", book, sandbox)
     assert book.rows().count() == book.committed
 
 
 def test_revoked_token_fixed_and_resent_from_the_admin(sandbox, cluster, book):
-    started = time.monotonic()
     start_fleet(cluster, TIKTOK_ACCESS_TOKEN="revoked-token-000000")
     book.paid_mix(ORDERS)
     wait_until(
@@ -336,7 +306,7 @@ def test_revoked_token_fixed_and_resent_from_the_admin(sandbox, cluster, book):
     )
     assert response.status_code == 200
     assert f"{len(book.expected)} events queued to be sent again" in response.content.decode()
-    figures = finish("revoked token, resent from admin", book, sandbox, started=started)
+    figures = finish("revoked token, resent from admin", book, sandbox)
     assert figures["attempts"]["permanent"] == len(book.expected)
 
 
@@ -349,7 +319,6 @@ def withdraw_consent(order):
 
 
 def test_consent_withdrawn_before_delivery(sandbox, cluster, book):
-    started = time.monotonic()
     # Paid while no worker runs, so every withdrawal lands before its delivery.
     us = book.create(ORDERS * 7 // 10)
     eu = book.create(ORDERS - len(us), country="DE", visitor_consent="granted")
@@ -361,7 +330,7 @@ def test_consent_withdrawn_before_delivery(sandbox, cluster, book):
     book.withdraw(withdrawn)
 
     start_fleet(cluster)
-    finish("consent withdrawn before delivery", book, sandbox, started=started)
+    finish("consent withdrawn before delivery", book, sandbox)
     reasons = set(
         book.rows().filter(event_id__in=book.withheld).values_list("suppressed_reason", flat=True)
     )
