@@ -198,13 +198,13 @@ def test_worker_pool_child_killed_mid_batch(sandbox, cluster, book):
     cluster.beat()
     kills = []
 
+    def kill_child():
+        # Read at the moment of the kill: the child of an earlier strike has been replaced.
+        child = wait_until(lambda: child_pids(worker.pid), message="a pool child")[0]
+        os.kill(child, 9)
+        kills.append(child)
+
     def strike():
-        children = wait_until(lambda: child_pids(worker.pid), message="a pool child")
-
-        def kill_child():
-            os.kill(children[0], 9)
-            kills.append(children[0])
-
         kill_mid_request(sandbox, book, kill_child)
 
     book.paid_mix(ORDERS, before_half=strike)
