@@ -1,9 +1,12 @@
 """What every benchmark shares: the test project's settings on a chosen database, and PostgreSQL."""
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -150,3 +153,69 @@ def make_orders(prefix, count):
             for order in orders
         )
     return numbers
+
+
+class SandboxProcess:
+    """The TikTok sandbox in a process of its own, driven over its HTTP control endpoints.
+
+    Kept out of the benchmark's process on purpose: the sandbox holds every request it
+    records, and the garbage collector's passes over them (tens of milliseconds, growing with
+    the records) would stall the load generator's threads and clocks, and only while the
+    server with the app is delivering. TikTok is not in the shop's process either.
+    """
+
+    kind = "sandbox"
+
+    def __init__(self, *, token, latency):
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tiktok_tracking.sandbox",
+                "--port",
+                "0",
+                "--token",
+                token,
+                "--latency",
+                str(latency),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        # The first line is the base URL: the sandbox is listening once it is printed.
+        self.url = self.process.stdout.readline().strip()
+        if not self.url:
+            self.process.wait(timeout=10)
+            raise RuntimeError(f"the sandbox did not start (exit {self.process.returncode})")
+        from tiktok_tracking.sandbox.server import TRACK_PATH
+
+        self.events_url = self.url + TRACK_PATH
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def _control(self, method, action):
+        # The sandbox's own http:// URL on loopback, never a user-supplied scheme.
+        request = urllib.request.Request(f"{self.url}/sandbox/{action}", method=method)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=120) as answer:  # noqa: S310
+            return json.load(answer)
+
+    def reset(self):
+        self._control("POST", "reset")
+
+    @property
+    def requests(self):
+        """Every track request recorded so far (fetched anew on each read)."""
+        return self._control("GET", "requests")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process.stdout.close()

@@ -1,6 +1,7 @@
 """Soak: checkout with and without the app, side by side, at a steady rate for minutes."""
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.common import (
+    SandboxProcess,
     child_environment,
     cpu_seconds,
     flush_broker,
@@ -292,8 +294,8 @@ def print_method(args, plan, warmups):
     )
     print(
         f"  delivery   1 Celery worker (solo pool) and beat sweeping every "
-        f"{conf.get('SWEEP_INTERVAL')} s, on Redis, for the whole run; the sandbox answers "
-        f"after {args.sandbox_latency * 1000:.0f} ms"
+        f"{conf.get('SWEEP_INTERVAL')} s, on Redis, for the whole run; the sandbox, in a "
+        f"process of its own, answers after {args.sandbox_latency * 1000:.0f} ms"
     )
     print(
         f"  warm-up    {warmups} orders per server paid (A's delivered) before the clock, through "
@@ -459,7 +461,6 @@ def run(args, url, run_dir):
     from django.db import connections
 
     from tests.processes import start_beat, start_worker
-    from tiktok_tracking.sandbox import SandboxServer
 
     # A prefix of its own per run, so that a kept database never holds these numbers already.
     prefix = f"S{int(time.time())}"
@@ -474,9 +475,9 @@ def run(args, url, run_dir):
         blocks[name] = split_blocks(numbers[name], block)
     plan = {"orders": orders, "rounds": len(blocks["A"])}
 
-    sandbox = SandboxServer(
+    sandbox = SandboxProcess(
         token=settings.TIKTOK_TRACKING["ACCESS_TOKEN"], latency=args.sandbox_latency
-    ).start()
+    )
     flush_broker(args.broker_url)
     env = child_environment(url, run_dir, sandbox.events_url, args.broker_url)
     started, loads = [], {}
@@ -500,7 +501,8 @@ def run(args, url, run_dir):
             {
                 **{label: process.pid for label, process in watched.items()},
                 "beat": started[-1].pid,
-                "benchmark (load, sandbox)": os.getpid(),
+                "sandbox": sandbox.pid,
+                "benchmark (load)": os.getpid(),
             }
         )
 
@@ -518,6 +520,10 @@ def run(args, url, run_dir):
             f"round(s) of A then B ...",
             flush=True,
         )
+        # What exists now lives to the end: the collector's full passes need not walk it again
+        # (each stalls every load thread, and the clocks they read).
+        gc.collect()
+        gc.freeze()
         memory_start = sample_memory(watched)
         load_started = time.monotonic()
         for round_number in range(plan["rounds"]):
