@@ -28,6 +28,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Several pixels may each track their own sites.
+    "django.contrib.sites",
     "django_celery_beat",
     "tiktok_tracking",
     "tests.shop",

@@ -171,7 +171,7 @@ def test_bad_order_data_never_breaks_the_checkout_and_is_recorded_with_the_reaso
     default_adapter, order
 ):
     with transaction.atomic():
-        row = record_order_event("Purchase", order)
+        [row] = record_order_event("Purchase", order)
         # The payment's own work goes on in the same transaction.
         assert TrackedEvent.objects.filter(pk=row.pk).exists()
         if row.status == TrackedEvent.Status.FAILED:

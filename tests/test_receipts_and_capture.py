@@ -69,7 +69,7 @@ def test_receipt_before_the_webhook_is_copied_onto_the_row_later():
     received_at = BrowserReceipt.objects.get().received_at
     assert TrackedEvent.objects.get(event_id="order_R2").browser_seen_at == received_at
     # The row the receiver returns reads it too.
-    [row] = [answer for _, answer in answers if isinstance(answer, TrackedEvent)]
+    [[row]] = [answer for _, answer in answers if isinstance(answer, list)]
     assert row.browser_seen_at == received_at
 
 

@@ -125,6 +125,7 @@ def test_pixel_in_an_opt_out_region_loads_and_sends_the_page_view():
     # No CSRF token in the page: the script asks the consent endpoint for one when needed.
     assert config == {
         "pixelId": PIXEL_ID,
+        "pixelIds": [PIXEL_ID],
         "scriptUrl": conf.get("PIXEL_SCRIPT_URL"),
         "hold": False,
         "limitedDataUse": False,

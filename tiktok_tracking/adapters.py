@@ -267,6 +267,25 @@ class OrderAdapter:
         country = getattr(country, "code", country)
         return clean_country(country)
 
+    def site_id(self) -> int | None:
+        """The id (django.contrib.sites) of the site the order was placed on, or None.
+
+        Read only when some pixel is limited to ``SITES``: it picks the pixels of a payment
+        confirmed without a request (a webhook, a cron).
+        """
+        return clean_site_id(_first_present(self.order, ("site_id",)))
+
+
+def clean_site_id(value) -> int | None:
+    """``value`` (an integer, or its digits as a string) as a site id; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidOrderData("site_id", f"must be a site's integer id, got {value!r}")
+    return value
+
 
 def get_adapter_class(dotted_path: str) -> type[OrderAdapter]:
     """The OrderAdapter subclass at ``dotted_path``, or an error naming the setting."""

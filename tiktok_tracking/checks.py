@@ -8,11 +8,18 @@ from django.utils.module_loading import import_string
 
 from tiktok_tracking import conf
 from tiktok_tracking.events import is_valid_event_name
+from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
+from tiktok_tracking.pixels import parse_pixels, site_scoped
 from tiktok_tracking.standards import MAX_BATCH_SIZE
 
 # TikTok deduplicates repeats of one event_id for 48 h; retries must stop well before that.
 DEDUP_WINDOW_HOURS = 48
 
+
+PIXELS_HINT = (
+    "PIXELS is a list of dicts with PIXEL_ID, ACCESS_TOKEN, and optionally TEST_EVENT_CODE and "
+    "SITES; it replaces the single-pixel keys."
+)
 
 MIDDLEWARE_PATH = "tiktok_tracking.middleware.TikTokTrackingMiddleware"
 
@@ -33,13 +40,7 @@ def check_settings(app_configs=None, **kwargs):
     errors = []
     if not isinstance(user, dict):
         return [_error("E000", f"{conf.SETTING_NAME} must be a dict.")]
-    required = (
-        ("E001", "PIXEL_ID", "Set it to the pixel code from TikTok Events Manager."),
-        ("E002", "ACCESS_TOKEN", "Read it from the environment; never commit it."),
-    )
-    for id_, key, hint in required:
-        if not conf.get(key):
-            errors.append(_error(id_, f"{conf.SETTING_NAME}[{key!r}] is not set.", hint=hint))
+    errors.extend(_check_pixels(user))
     if not is_valid_event_name(conf.get("PURCHASE_EVENT")):
         errors.append(
             _error(
@@ -86,6 +87,49 @@ def check_settings(app_configs=None, **kwargs):
                 hint="Add 'django_celery_beat' and run a beat process with its "
                 "DatabaseScheduler, or schedule tiktok_tracking.sweep_outbox yourself.",
                 warning=True,
+            )
+        )
+    return errors
+
+
+def _check_pixels(user):
+    """E001 no pixel, E002 a pixel without its token, E014 malformed PIXELS, E015 SITES without
+    the sites framework."""
+    try:
+        configured = parse_pixels(user)
+    except TikTokTrackingImproperlyConfigured as exc:
+        return [_error("E014", str(exc), hint=PIXELS_HINT)]
+    if not configured:
+        return [
+            _error(
+                "E001",
+                f"{conf.SETTING_NAME}['PIXEL_ID'] is not set.",
+                hint="Set it to the pixel code from TikTok Events Manager (or list several "
+                "pixels in PIXELS).",
+            )
+        ]
+    errors = []
+    for index, pixel in enumerate(configured):
+        if not pixel.access_token:
+            where = (
+                "['ACCESS_TOKEN']"
+                if user.get("PIXELS") is None
+                else f"['PIXELS'][{index}]['ACCESS_TOKEN']"
+            )
+            errors.append(
+                _error(
+                    "E002",
+                    f"{conf.SETTING_NAME}{where} is not set (pixel {pixel.pixel_id}).",
+                    hint="Read it from the environment; never commit it.",
+                )
+            )
+    if site_scoped(configured) and not apps.is_installed("django.contrib.sites"):
+        errors.append(
+            _error(
+                "E015",
+                f"{conf.SETTING_NAME}['PIXELS'] limits pixels to SITES, but django.contrib.sites "
+                "is not installed.",
+                hint="Add 'django.contrib.sites' to INSTALLED_APPS, or remove SITES.",
             )
         )
     return errors

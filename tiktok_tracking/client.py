@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import requests
+from django.views.decorators.debug import sensitive_variables
 
 from tiktok_tracking import __version__, conf
 from tiktok_tracking.events import compact_json
@@ -17,6 +18,8 @@ TRANSIENT = "transient"
 PERMANENT = "permanent"
 
 TRANSIENT_CODES = frozenset({CODE_TOO_MANY_REQUESTS})
+
+NO_TOKEN_MESSAGE = "No ACCESS_TOKEN is configured for this pixel: nothing was sent."  # noqa: S105
 
 # Enough of an unexpected body to diagnose it in the admin, not enough to bloat the row.
 MAX_KEPT_BODY = 2000
@@ -83,9 +86,13 @@ def _excerpt(body):
 
 
 class EventsApiClient:
-    """Posts request bodies to the Events API over a keep-alive Session."""
+    """Posts request bodies to the Events API over a keep-alive Session.
 
-    def __init__(self, api_url, access_token, *, timeout=10.0, session=None):
+    ``access_token`` is the default for requests that bring none; with several pixels, each
+    request brings its own pixel's token.
+    """
+
+    def __init__(self, api_url, access_token=None, *, timeout=10.0, session=None):
         self.api_url = api_url
         self._access_token = access_token
         self.timeout = timeout
@@ -93,12 +100,8 @@ class EventsApiClient:
 
     @classmethod
     def from_settings(cls, **kwargs):
-        return cls(
-            conf.get("API_URL"),
-            conf.require("ACCESS_TOKEN"),
-            timeout=float(conf.get("TIMEOUT")),
-            **kwargs,
-        )
+        # No token here: delivery sends each pixel's requests with that pixel's token.
+        return cls(conf.get("API_URL"), timeout=float(conf.get("TIMEOUT")), **kwargs)
 
     def __repr__(self):
         # Never the token: reprs end up in logs and tracebacks.
@@ -116,19 +119,29 @@ class EventsApiClient:
         )
         return session
 
-    def send(self, body):
+    @sensitive_variables("access_token")
+    def send(self, body, access_token=None):
         """POST one request body (one pixel, up to BATCH_SIZE events); never raises on failure."""
         data = compact_json(body).encode("utf-8")
-        return self.send_encoded(data, len(body.get("data", ())))
+        return self.send_encoded(data, len(body.get("data", ())), access_token)
 
-    def send_encoded(self, data, event_count):
+    # Error reports list each frame's variables: this one's token must show as masked.
+    @sensitive_variables("access_token")
+    def send_encoded(self, data, event_count, access_token=None):
         """POST a body already encoded as UTF-8 JSON carrying ``event_count`` events."""
+        access_token = access_token or self._access_token
+        if not access_token:
+            # Nothing to ask TikTok: it would only answer 40001. Fixed in the settings, the
+            # events can be resent.
+            return Outcome(
+                PERMANENT, message=NO_TOKEN_MESSAGE, event_count=event_count, duration_ms=0
+            )
         started = time.monotonic()
         try:
             response = self.session.post(
                 self.api_url,
                 data=data,
-                headers={"Access-Token": self._access_token},
+                headers={"Access-Token": access_token},
                 timeout=self.timeout,
             )
         except requests.Timeout:

@@ -1,5 +1,7 @@
 """The one door to the ``TIKTOK_TRACKING`` setting: defaults, read at call time."""
 
+from collections.abc import Mapping
+
 from django.conf import settings
 
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
@@ -24,6 +26,10 @@ DEFAULTS = {
     "API_URL": EVENTS_API_URL,
     "PIXEL_SCRIPT_URL": PIXEL_SCRIPT_URL,
     "TEST_EVENT_CODE": None,
+    # Several pixels instead of the three keys above: a list of dicts, each with its own
+    # PIXEL_ID, ACCESS_TOKEN and TEST_EVENT_CODE, and optionally SITES (django.contrib.sites ids
+    # whose events it receives; absent: every site). Every event goes to each pixel it concerns.
+    "PIXELS": None,
     "PARTNER_NAME": None,
     # Both lanes read the purchase event's name from here so they cannot drift apart.
     "PURCHASE_EVENT": "Purchase",
@@ -94,10 +100,29 @@ def require(name):
     return value
 
 
+def _token_state(token):
+    return "set" if token else "not set"
+
+
+def _public_pixels(entries):
+    """``PIXELS`` with each token reduced to whether it is set; anything malformed only named
+    by its type, since it may hold a token where one was not expected."""
+    if not isinstance(entries, (list, tuple)):
+        return f"<invalid: {type(entries).__name__}>"
+    return [
+        {**entry, "ACCESS_TOKEN": _token_state(entry.get("ACCESS_TOKEN"))}
+        if isinstance(entry, Mapping)
+        else f"<invalid: {type(entry).__name__}>"
+        for entry in entries
+    ]
+
+
 def public_settings():
     """The effective settings with the access token reduced to whether it is set."""
     values = {key: get(key) for key in DEFAULTS}
-    values["ACCESS_TOKEN"] = "set" if values["ACCESS_TOKEN"] else "not set"
+    values["ACCESS_TOKEN"] = _token_state(values["ACCESS_TOKEN"])
+    if values["PIXELS"] is not None:
+        values["PIXELS"] = _public_pixels(values["PIXELS"])
     # Callables (a COUNTRY_RESOLVER given as a function) are recorded by name.
     return {
         key: (f"{value.__module__}.{value.__qualname__}" if callable(value) else value)

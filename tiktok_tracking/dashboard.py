@@ -19,6 +19,7 @@ from tiktok_tracking import conf
 from tiktok_tracking.config_log import record_config_if_changed
 from tiktok_tracking.events import MATCH_KEYS
 from tiktok_tracking.models import BrowserReceipt, ConfigChange, DailyRollup, TrackedEvent
+from tiktok_tracking.pixels import configured_tokens
 from tiktok_tracking.rollups import COUNT_FIELDS, GROUP_FIELDS, grouped_events, rebuild_days
 from tiktok_tracking.standards import ALLOWED_EVENTS, PURCHASE_EVENT_NAMES
 
@@ -928,7 +929,7 @@ def dashboard_context(days, now=None):
     keys = key_counts(purchase_groups)
     daily = daily_series([*closed_days, today_counts(live, today)], first_day, days)
     config = config_history()
-    secrets = [conf.get("ACCESS_TOKEN") or ""]
+    secrets = configured_tokens()
 
     facts = HealthFacts(
         purchase_event=purchase_event,

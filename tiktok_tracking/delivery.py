@@ -16,12 +16,14 @@ from django.db import connection, transaction
 from django.db.models import F, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from tiktok_tracking import conf
-from tiktok_tracking.client import DELIVERED, PERMANENT, EventsApiClient
+from tiktok_tracking.client import DELIVERED, PERMANENT, EventsApiClient, Outcome
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.events import compact_json, encode_request_body
 from tiktok_tracking.models import CheckoutContext, ConsentRecord, DeliveryAttempt, TrackedEvent
+from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.signals import events_delivered, events_failed
 from tiktok_tracking.standards import CODE_INVALID_PARAMETER
 
@@ -171,34 +173,42 @@ class SenderThread:
         self.client = client
         self.executor = executor
 
-    def start(self, data, event_count):
-        return self.executor.submit(self.client.send_encoded, data, event_count)
+    @sensitive_variables("access_token")
+    def start(self, data, event_count, access_token=None):
+        return self.executor.submit(self.client.send_encoded, data, event_count, access_token)
 
-    def send_encoded(self, data, event_count):
-        return self.start(data, event_count).result()
+    @sensitive_variables("access_token")
+    def send_encoded(self, data, event_count, access_token=None):
+        return self.start(data, event_count, access_token).result()
 
 
 def start_sending(rows, sender, report):
     """Put each request of the claimed rows on the wire; ``[(pixel, code, rows, future)]``."""
-    return [
-        (
-            pixel_id,
-            test_event_code,
-            group,
-            sender.start(*_request(pixel_id, test_event_code, group)),
-        )
-        for pixel_id, test_event_code, group in sendable_groups(rows, report)
-    ]
+    in_flight = []
+    for pixel, test_event_code, group in sendable_groups(rows, report):
+        if pixel is None:
+            # Rows of a pixel taken out of the settings: failed, and resendable once it is back.
+            record_outcome(group, unconfigured_pixel(group[0].pixel_id, len(group)), report)
+            continue
+        future = sender.start(*_request(pixel, test_event_code, group))
+        in_flight.append((pixel, test_event_code, group, future))
+    return in_flight
+
+
+def unconfigured_pixel(pixel_id, event_count):
+    message = f"Pixel {pixel_id} is not in the settings (PIXEL_ID or PIXELS): nothing was sent."
+    return Outcome(PERMANENT, message=message, event_count=event_count)
 
 
 def finish_sending(in_flight, sender, report):
     """Record the answers of requests started by :func:`start_sending`."""
-    for pixel_id, test_event_code, group, future in in_flight:
-        send_group(sender, pixel_id, test_event_code, group, report, outcome=future.result())
+    for pixel, test_event_code, group, future in in_flight:
+        send_group(sender, pixel, test_event_code, group, report, outcome=future.result())
 
 
 def sendable_groups(rows, report):
-    """Re-check consent (suppressing whom it now stops); the rest grouped per request."""
+    """Re-check consent (suppressing whom it now stops); the rest grouped per request:
+    ``[(pixel, test_event_code, rows)]``, pixel None for rows of a pixel no setting names."""
     sendable = []
     for row, decision in consent_at_send_time(rows):
         if not decision.allowed:
@@ -213,13 +223,15 @@ def sendable_groups(rows, report):
                 row.payload_json = compact_json(payload)
                 TrackedEvent.objects.filter(pk=row.pk).update(payload=payload)
         sendable.append(row)
-    configured_code = conf.get("TEST_EVENT_CODE") or None
+    pixels = {pixel.pixel_id: pixel for pixel in configured_pixels()}
 
     def request_key(row):
+        pixel = pixels.get(row.pixel_id)
+        configured_code = pixel.test_event_code if pixel else None
         return (row.pixel_id, row.test_event_code or configured_code or "")
 
     return [
-        (pixel_id, test_code or None, list(group))
+        (pixels.get(pixel_id), test_code or None, list(group))
         for (pixel_id, test_code), group in groupby(sorted(sendable, key=request_key), request_key)
     ]
 
@@ -243,22 +255,22 @@ def consent_at_send_time(rows):
         yield row, decision
 
 
-def _request(pixel_id, test_event_code, rows):
-    """``(body, event_count)`` of one request carrying ``rows``."""
+def _request(pixel, test_event_code, rows):
+    """``(body, event_count, access_token)`` of one request carrying ``rows`` to ``pixel``."""
     body = encode_request_body(
-        pixel_id,
+        pixel.pixel_id,
         [row.payload_json for row in rows],
         test_event_code=test_event_code,
         partner_name=conf.get("PARTNER_NAME") or None,
     )
-    return body, len(rows)
+    return body, len(rows), pixel.access_token
 
 
-def send_group(client, pixel_id, test_event_code, rows, report, *, outcome=None):
+def send_group(client, pixel, test_event_code, rows, report, *, outcome=None):
     """Send one request (unless its ``outcome`` is in) and record it; a parameter error on a
     batch is narrowed down to the events it blames."""
     if outcome is None:
-        outcome = client.send_encoded(*_request(pixel_id, test_event_code, rows))
+        outcome = client.send_encoded(*_request(pixel, test_event_code, rows))
     report.requests += 1
     report.outcomes.append(outcome)
     if outcome.kind == PERMANENT and outcome.code == CODE_INVALID_PARAMETER and len(rows) > 1:
@@ -267,11 +279,11 @@ def send_group(client, pixel_id, test_event_code, rows, report, *, outcome=None)
         if index is not None and index < len(rows):
             record_outcome([rows[index]], outcome, report)
             rest = rows[:index] + rows[index + 1 :]
-            send_group(client, pixel_id, test_event_code, rest, report)
+            send_group(client, pixel, test_event_code, rest, report)
         else:
             half = len(rows) // 2
-            send_group(client, pixel_id, test_event_code, rows[:half], report)
-            send_group(client, pixel_id, test_event_code, rows[half:], report)
+            send_group(client, pixel, test_event_code, rows[:half], report)
+            send_group(client, pixel, test_event_code, rows[half:], report)
         return
     record_outcome(rows, outcome, report)
 

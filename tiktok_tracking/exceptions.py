@@ -16,6 +16,7 @@ class InvalidOrderData(TikTokTrackingError, ValueError):
 
     def __init__(self, field, message):
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 

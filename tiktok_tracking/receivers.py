@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import get_adapter_class
+from tiktok_tracking.charges import apply_charge, charge_suffix
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.context import (
     ConsentSnapshot,
@@ -22,6 +23,12 @@ from tiktok_tracking.context import (
 from tiktok_tracking.events import build_event, event_id_for, match_key_mask, read_order
 from tiktok_tracking.exceptions import InvalidOrderData
 from tiktok_tracking.hashing import sha256_hex
+from tiktok_tracking.pixels import (
+    current_site_id,
+    pixels_for_site,
+    require_pixels,
+    site_scoped,
+)
 from tiktok_tracking.publisher import publish_deliver_task, publisher
 from tiktok_tracking.signals import payment_completed
 
@@ -37,50 +44,59 @@ def connect():
     )
 
 
-def on_payment_completed(sender, order, request=None, event_id_suffix=None, **kwargs):
-    """Record the purchase; never raise into the shop's payment code."""
+def on_payment_completed(sender, order, request=None, event_id_suffix=None, charge=None, **kw):
+    """Record the purchase (or the second charge ``charge``); never raise into the shop's code."""
     return record_order_event(
-        conf.get("PURCHASE_EVENT"), order, request=request, event_id_suffix=event_id_suffix
+        conf.get("PURCHASE_EVENT"),
+        order,
+        request=request,
+        event_id_suffix=event_id_suffix,
+        charge=charge,
     )
 
 
 def record_order_event(event_name, order, *, request=None, context=None, snapshot=None, **kw):
-    """Record one server-lane event of an order; log, never raise, on failure.
+    """Record one server-lane event of an order, one row per pixel; log, never raise, on failure.
 
-    Returns the TrackedEvent row, or None when nothing could be recorded.
+    Returns the TrackedEvent rows (one per pixel the order's site has), empty when nothing
+    could be recorded.
     """
     if not conf.get("ENABLED"):
-        return None
+        return []
     try:
         return _record(event_name, order, request=request, context=context, snapshot=snapshot, **kw)
     except Exception:
         # The payment has succeeded; losing the checkout over tracking would be worse than
         # losing the event. The error is logged loudly and the reconcile command finds the gap.
         logger.exception("Could not record the TikTok %s event of an order", event_name)
-        return None
+        return []
 
 
-def _record(event_name, order, *, request, context, snapshot, event_id_suffix=None, now=None):
+def _record(
+    event_name, order, *, request, context, snapshot, event_id_suffix=None, charge=None, now=None
+):
     from tiktok_tracking.models import TrackedEvent
 
     now = now or timezone.now()
-    pixel_id = conf.require("PIXEL_ID")
     adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
+    pixel_ids = _pixel_ids(adapter, request)
+    if not pixel_ids:
+        return []
     try:
         order_id = adapter.order_id()
+        event_id_suffix = charge_suffix(charge, event_id_suffix)
         event_id = event_id_for(event_name, order_id, event_id_suffix)
     except Exception as exc:
         reason = _unreadable_order(exc, "its id")
-        return _record_unidentified(event_name, order, pixel_id, reason, now)
+        return _record_unidentified(event_name, order, pixel_ids, reason, now)
 
-    row, created = _insert_once(
-        pixel_id,
+    recorded = _insert_once(
+        pixel_ids,
         event_name,
         event_id,
         partial(
-            _insert_event,
+            _event_fields,
             adapter,
-            pixel_id=pixel_id,
             event_name=event_name,
             event_id=event_id,
             order_id=order_id,
@@ -88,29 +104,93 @@ def _record(event_name, order, *, request, context, snapshot, event_id_suffix=No
             context=context,
             snapshot=snapshot,
             suffix=event_id_suffix,
+            charge=charge,
             now=now,
         ),
     )
-    if created and row.status == TrackedEvent.Status.PENDING:
-        transaction.on_commit(partial(enqueue_delivery, [row.pk]), robust=True)
-    return row
+    new = [
+        row.pk for row, created in recorded if created and row.status == TrackedEvent.Status.PENDING
+    ]
+    if new:
+        transaction.on_commit(partial(enqueue_delivery, new), robust=True)
+    return [row for row, _created in recorded]
 
 
-def _insert_once(pixel_id, event_name, event_id, insert):
-    """``(row, created)``: the row ``insert()`` creates, or the one already recorded.
+def _pixel_ids(adapter, request):
+    """The pixels this order's events go to: all, unless some are limited to certain sites."""
+    pixels = require_pixels()
+    if not site_scoped(pixels):
+        return [pixel.pixel_id for pixel in pixels]
+    try:
+        site_id = adapter.site_id()
+    except InvalidOrderData as exc:
+        logger.warning("An order has an invalid site: %s; the request's site is used", exc)
+        site_id = None
+    if site_id is None:
+        site_id = current_site_id(request)
+    if site_id is None:
+        logger.warning(
+            "The site of an order is unknown (no site_id on the order, no request, no SITE_ID): "
+            "its events go only to the pixels not limited to SITES"
+        )
+    return [pixel.pixel_id for pixel in pixels_for_site(pixels, site_id)]
 
-    One savepoint for all of ``insert``: should a statement fail, the shop's transaction must go
-    on (on PostgreSQL an error would otherwise abort it), and the payment must still commit.
+
+def _insert_once(pixel_ids, event_name, event_id, build_fields):
+    """``[(row, created)]``, one per pixel: the rows inserted now, or those already recorded.
+
+    ``build_fields()`` gives the fields the pixels' rows share. One savepoint for all of it:
+    should a statement fail, the shop's transaction must go on (on PostgreSQL an error would
+    otherwise abort it), and the payment must still commit.
     """
     from tiktok_tracking.models import TrackedEvent
 
     try:
         with transaction.atomic():
-            return insert(), True
+            fields = build_fields()
+            return [(_insert_row(pixel_id, fields), True) for pixel_id in pixel_ids]
     except IntegrityError:
-        # Already recorded (a second signal for the same payment): the first row stands.
-        existing = TrackedEvent.objects.get(pixel_id=pixel_id, event=event_name, event_id=event_id)
-        return existing, False
+        # Already recorded (a second signal for the same payment): the first rows stand.
+        existing = {
+            row.pixel_id: row
+            for row in TrackedEvent.objects.filter(
+                pixel_id__in=pixel_ids, event=event_name, event_id=event_id
+            )
+        }
+        missing = [pixel_id for pixel_id in pixel_ids if pixel_id not in existing]
+        if missing and len(missing) == len(pixel_ids):
+            raise  # not a row recorded before: a real error, for the caller to log
+        # A pixel added to the settings since the first signal gets its row now.
+        added = dict(
+            (row.pixel_id, (row, created))
+            for row, created in (
+                _insert_once(missing, event_name, event_id, build_fields) if missing else ()
+            )
+        )
+        return [
+            (existing[pixel_id], False) if pixel_id in existing else added[pixel_id]
+            for pixel_id in pixel_ids
+        ]
+
+
+def _insert_row(pixel_id, fields):
+    from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+
+    row = TrackedEvent.objects.create(
+        pixel_id=pixel_id,
+        # The thank-you page's receipt may have come first (a webhook often arrives later):
+        # read by the INSERT itself, which spares the checkout a round trip.
+        browser_seen_at=Subquery(
+            BrowserReceipt.objects.filter(
+                pixel_id=pixel_id, event=fields["event"], event_id=fields["event_id"]
+            ).values("received_at")[:1]
+        ),
+        **fields,
+    )
+    # The instance holds the subquery, not its answer: leave the field deferred, so that
+    # reading it (rare) loads the stored value.
+    del row.browser_seen_at
+    return row
 
 
 def _unreadable_order(exc, what):
@@ -123,11 +203,11 @@ def _unreadable_order(exc, what):
     return f"Could not read the order: {type(exc).__name__}: {exc}"
 
 
-def _insert_event(
-    adapter, *, pixel_id, event_name, event_id, order_id, request, context, snapshot, suffix, now
+def _event_fields(
+    adapter, *, event_name, event_id, order_id, request, context, snapshot, suffix, charge, now
 ):
-    """Resolve the context, build the payload and insert the row, in the caller's savepoint."""
-    from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+    """Resolve the context and build the payload: the fields every pixel's row shares."""
+    from tiktok_tracking.models import TrackedEvent
 
     if context is None:
         # A webhook or cron has no browser request: it sends what the checkout captured.
@@ -143,7 +223,6 @@ def _insert_event(
     snapshot = snapshot or ConsentSnapshot()
 
     fields = {
-        "pixel_id": pixel_id,
         "event": event_name,
         "event_id": event_id,
         "order_id": order_id,
@@ -151,16 +230,12 @@ def _insert_event(
         "next_attempt_at": now,
         "visitor_id": snapshot.visitor_id,
         "consent_status": snapshot.consent_status or "",
-        # The thank-you page's receipt may have come first (a webhook often arrives later):
-        # read by the INSERT itself, which spares the checkout a round trip.
-        "browser_seen_at": Subquery(
-            BrowserReceipt.objects.filter(
-                pixel_id=pixel_id, event=event_name, event_id=event_id
-            ).values("received_at")[:1]
-        ),
     }
     try:
         facts = read_order(adapter)
+        if charge is not None:
+            # A second charge reports what it bought, not the order's total again.
+            facts = apply_charge(facts, charge)
     except Exception as exc:
         # Kept as a failed row so the admin shows the order and the reason; sending it would
         # only earn a 40002 from TikTok.
@@ -187,15 +262,11 @@ def _insert_event(
         fields["match_keys"] = match_key_mask(fields["payload"])
         if not decision.allowed:
             fields.update(status=TrackedEvent.Status.SUPPRESSED, suppressed_reason=decision.reason)
-    row = TrackedEvent.objects.create(**fields)
-    # The instance holds the subquery, not its answer: leave the field deferred, so that
-    # reading it (rare) loads the stored value.
-    del row.browser_seen_at
-    return row
+    return fields
 
 
-def _record_unidentified(event_name, order, pixel_id, reason, now):
-    """A failed row for an order whose id cannot make an event_id, so the admin shows it."""
+def _record_unidentified(event_name, order, pixel_ids, reason, now):
+    """Failed rows for an order whose id cannot make an event_id, so the admin shows it."""
     from tiktok_tracking.models import TrackedEvent
 
     # A saved order keeps its key, so a repeated signal finds the same row; anything else gets
@@ -207,24 +278,22 @@ def _record_unidentified(event_name, order, pixel_id, reason, now):
         identity = f"{type(order).__module__}.{type(order).__qualname__}:{key!r}"
         reference = sha256_hex(identity)[:24]
     event_id = f"{INVALID_EVENT_ID_PREFIX}{reference}"
-    row, _created = _insert_once(
-        pixel_id,
+    recorded = _insert_once(
+        pixel_ids,
         event_name,
         event_id,
-        partial(
-            TrackedEvent.objects.create,
-            pixel_id=pixel_id,
-            event=event_name,
-            event_id=event_id,
-            order_id=event_id,
-            event_time=now,
-            next_attempt_at=now,
-            status=TrackedEvent.Status.FAILED,
-            payload={},
-            last_error=reason,
-        ),
+        lambda: {
+            "event": event_name,
+            "event_id": event_id,
+            "order_id": event_id,
+            "event_time": now,
+            "next_attempt_at": now,
+            "status": TrackedEvent.Status.FAILED,
+            "payload": {},
+            "last_error": reason,
+        },
     )
-    return row
+    return [row for row, _created in recorded]
 
 
 def enqueue_delivery(tracked_event_ids):

@@ -63,16 +63,15 @@ def purchase_names():
     return frozenset(PURCHASE_EVENT_NAMES | {conf.get("PURCHASE_EVENT")})
 
 
-def recorded_counts(since, until, names=None):
-    """``{(country, status): rows}`` of the purchases recorded in ``[since, until)``: one query."""
-    rows = (
-        TrackedEvent.objects.filter(
-            event__in=names or purchase_names(), created_at__gte=since, created_at__lt=until
-        )
-        .order_by()
-        .values_list("country", "status")
-        .annotate(rows=Count("pk"))
+def recorded_counts(since, until, names=None, pixel_id=None):
+    """``{(country, status): rows}`` of the purchases recorded in ``[since, until)`` (for one
+    pixel if ``pixel_id``): one query."""
+    rows = TrackedEvent.objects.filter(
+        event__in=names or purchase_names(), created_at__gte=since, created_at__lt=until
     )
+    if pixel_id is not None:
+        rows = rows.filter(pixel_id=pixel_id)
+    rows = rows.order_by().values_list("country", "status").annotate(rows=Count("pk"))
     return {(country, status): count for country, status, count in rows}
 
 
@@ -95,12 +94,13 @@ def paid_orders_source():
     return source
 
 
-def scan_paid_orders(orders, *, adapter_class=None, names=None, keep_missing=0):
+def scan_paid_orders(orders, *, adapter_class=None, names=None, keep_missing=0, pixel=None):
     """Count ``orders`` by country and find those with no purchase recorded at all.
 
     A purchase recorded just outside the period still counts as recorded: the gap is what the
     outbox never got. Orders are read one by one (``.iterator()`` for a queryset) and looked up
-    in chunks, so a month of orders is never held in memory.
+    in chunks, so a month of orders is never held in memory. With ``pixel``, only the orders of
+    the sites it tracks count, and only its rows.
     """
     adapter_class = adapter_class or get_adapter_class(conf.get("ORDER_ADAPTER"))
     names = names or purchase_names()
@@ -110,6 +110,8 @@ def scan_paid_orders(orders, *, adapter_class=None, names=None, keep_missing=0):
     waiting = {}
     for order in orders:
         adapter = adapter_class(order)
+        if pixel is not None and pixel.sites and not pixel.tracks_site(_site(adapter)):
+            continue
         country = _country(adapter)
         paid.by_country[country] += 1
         try:
@@ -120,10 +122,18 @@ def scan_paid_orders(orders, *, adapter_class=None, names=None, keep_missing=0):
             continue
         waiting[order_id] = country
         if len(waiting) >= LOOKUP_CHUNK:
-            _find_missing(waiting, names, paid, keep_missing)
+            _find_missing(waiting, names, paid, keep_missing, pixel)
             waiting = {}
-    _find_missing(waiting, names, paid, keep_missing)
+    _find_missing(waiting, names, paid, keep_missing, pixel)
     return paid
+
+
+def _site(adapter):
+    try:
+        return adapter.site_id()
+    except InvalidOrderData:
+        # The receiver sends such an order to the pixels of every site only.
+        return None
 
 
 def _country(adapter):
@@ -134,15 +144,13 @@ def _country(adapter):
         return ""
 
 
-def _find_missing(waiting, names, paid, keep_missing):
+def _find_missing(waiting, names, paid, keep_missing, pixel=None):
     if not waiting:
         return
-    recorded = set(
-        TrackedEvent.objects.filter(event__in=names, order_id__in=list(waiting))
-        .order_by()
-        .values_list("order_id", flat=True)
-        .distinct()
-    )
+    rows = TrackedEvent.objects.filter(event__in=names, order_id__in=list(waiting))
+    if pixel is not None:
+        rows = rows.filter(pixel_id=pixel.pixel_id)
+    recorded = set(rows.order_by().values_list("order_id", flat=True).distinct())
     for order_id, country in waiting.items():
         if order_id in recorded:
             continue

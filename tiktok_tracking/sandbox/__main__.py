@@ -32,10 +32,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="pixel codes the token may send to (repeatable; default: any)",
     )
     parser.add_argument(
+        "--pixel-token",
+        dest="pixel_tokens",
+        action="append",
+        type=_pixel_token,
+        metavar="PIXEL=TOKEN",
+        help="a pixel and its own Access-Token (repeatable); only those pixels are accepted",
+    )
+    parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds to wait before every answer"
     )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser.parse_args(argv)
+
+
+def _pixel_token(text: str) -> tuple[str, str]:
+    pixel, separator, token = text.partition("=")
+    if not separator or not pixel or not token:
+        raise argparse.ArgumentTypeError(f"expected PIXEL=TOKEN, got {text.split('=')[0]!r}=...")
+    return pixel, token
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -50,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             token=args.token,
             pixels=args.pixels,
+            tokens=dict(args.pixel_tokens or ()),
             latency=args.latency,
             verbose=args.verbose,
         )
@@ -61,10 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     # The first stdout line is the base URL alone, so scripts can read the port chosen.
     print(server.url, flush=True)
-    token_rule = "checked against --token" if args.token else "any non-empty value accepted"
-    pixel_rule = ", ".join(args.pixels) if args.pixels else "any"
+    if args.pixel_tokens:
+        header_rule = "each pixel's own, from --pixel-token"
+    elif args.token:
+        header_rule = "checked against --token"
+    else:
+        header_rule = "any non-empty value accepted"
+    pixels = args.pixels or [pixel for pixel, _ in args.pixel_tokens or ()]
+    pixel_rule = ", ".join(pixels) if pixels else "any"
     print(
-        f"POST events to {server.events_url} (Access-Token: {token_rule}; pixels: {pixel_rule})."
+        f"POST events to {server.events_url} (Access-Token: {header_rule}; pixels: {pixel_rule})."
         " Ctrl-C to stop.",
         file=sys.stderr,
         flush=True,

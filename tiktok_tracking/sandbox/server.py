@@ -13,7 +13,7 @@ import socketserver
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -120,14 +120,15 @@ def _default_message(status: int, code: int) -> str:
     return _DEFAULT_MESSAGES.get(code, "Error")
 
 
-def _recordable_headers(headers: Any, token: str | None) -> dict[str, str]:
-    """The request headers as recorded: the access token is never kept, in any header."""
+def _recordable_headers(headers: Any, secrets: Iterable[str]) -> dict[str, str]:
+    """The request headers as recorded: no access token is ever kept, in any header."""
+    secrets = [secret for secret in secrets if secret]
     recorded: dict[str, str] = {}
     for name, value in headers.items():
         folded = name.lower().replace("_", "-")
         if folded in _SECRET_HEADERS:
             continue
-        if folded in _MASKED_HEADERS or (token and token in value):
+        if folded in _MASKED_HEADERS or any(secret in value for secret in secrets):
             recorded[name] = _MASK
         else:
             recorded[name] = value
@@ -439,6 +440,8 @@ class SandboxServer:
     """A real HTTP server that answers like TikTok's Events API track endpoint.
 
     ``token`` None accepts any non-empty Access-Token; ``pixels`` None accepts any pixel.
+    ``tokens`` maps pixel codes to their own tokens, as TikTok gives each pixel one: a request
+    must then carry its pixel's token, and only those pixels are accepted.
     Every track request is recorded (without its token) before any latency is slept, so a
     client that gives up while waiting is still seen as having delivered, as with TikTok.
     Errors are HTTP 200 with a non-zero ``code``, as TikTok sends them.
@@ -451,10 +454,14 @@ class SandboxServer:
         *,
         token: str | None = None,
         pixels: Collection[str] | None = None,
+        tokens: Mapping[str, str] | None = None,
         latency: float = 0.0,
         verbose: bool = False,
     ) -> None:
         self._token = token
+        self._tokens = dict(tokens) if tokens else {}
+        if pixels is None and self._tokens:
+            pixels = self._tokens
         self._pixels = frozenset(pixels) if pixels is not None else None
         self._initial_latency = _check_delay(latency, "latency")
         self.verbose = verbose
@@ -704,6 +711,17 @@ class SandboxServer:
 
     # --- request handling (called on handler threads) ---
 
+    def _expected_token(self, body: Any) -> str | None:
+        """The token a track request must carry: its pixel's own, when tokens are per pixel."""
+        if not self._tokens:
+            return self._token
+        pixel = body.get("event_source_id") if isinstance(body, dict) else None
+        # A pixel without a token of its own falls back to ``token``; the pixel check refuses it.
+        return self._tokens.get(pixel, self._token) if isinstance(pixel, str) else self._token
+
+    def _secrets(self) -> list[str]:
+        return [token for token in (self._token, *self._tokens.values()) if token]
+
     def _handle_track(self, handler: _Handler, path: str, raw_body: bytes) -> None:
         received_at = time.time()
         # Parsed once: validating a 1,000-event body is work enough.
@@ -715,12 +733,12 @@ class SandboxServer:
         verdict = validate_request(
             handler.headers,
             raw_body,
-            expected_token=self._token,
+            expected_token=self._expected_token(body),
             allowed_pixels=self._pixels,
             now=received_at,
             parsed=parsed,
         )
-        present, valid = token_status(handler.headers, self._token)
+        present, valid = token_status(handler.headers, self._expected_token(body))
         request_id = _new_request_id()
 
         with self._lock:
@@ -749,7 +767,7 @@ class SandboxServer:
                     "received_at": received_at,
                     "method": "POST",
                     "path": path,
-                    "headers": _recordable_headers(handler.headers, self._token),
+                    "headers": _recordable_headers(handler.headers, self._secrets()),
                     "access_token_present": present,
                     "access_token_valid": valid,
                     "body": body,

@@ -20,9 +20,11 @@ from django.utils.translation import get_language
 
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import clean_value, get_adapter_class
+from tiktok_tracking.charges import apply_charge, charge_suffix
 from tiktok_tracking.events import event_id_for, is_valid_event_name, order_properties, read_order
-from tiktok_tracking.exceptions import InvalidOrderData
+from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
 from tiktok_tracking.hashing import hash_email, hash_external_id, hash_phone
+from tiktok_tracking.pixels import configured_pixels, pixels_for_request
 from tiktok_tracking.receipts import receipt_token
 from tiktok_tracking.script_json import script_json
 from tiktok_tracking.standards import ALLOWED_EVENTS, PURCHASE_EVENT_NAMES
@@ -60,17 +62,24 @@ def _comment(subject, state, reason):
 
 
 def _browser_lane(context):
-    """``(request, decision, off_reason)``: off_reason is None when the pixel may render."""
+    """``(request, decision, off_reason, pixel_ids)``: off_reason is None when the pixel may
+    render, for the pixels of the request's site."""
     request = context.get("request")
     if request is None:
-        return None, None, "no request in template context"
-    if not conf.get("PIXEL_ID"):
-        return request, None, "no PIXEL_ID set"
+        return None, None, "no request in template context", ()
+    try:
+        pixels = pixels_for_request(request)
+    except TikTokTrackingImproperlyConfigured:
+        return request, None, "PIXELS is malformed, see manage.py check", ()
+    if not pixels:
+        reason = "no pixel for this site" if configured_pixels() else "no PIXEL_ID set"
+        return request, None, reason, ()
+    pixel_ids = tuple(pixel.pixel_id for pixel in pixels)
     decision = get_visitor(request).decision()
     # A held pixel still renders: it queues events and sends them if the visitor agrees.
     if not decision.allowed and not decision.hold:
-        return request, decision, decision.reason
-    return request, decision, None
+        return request, decision, decision.reason, pixel_ids
+    return request, decision, None, pixel_ids
 
 
 def _csp_nonce(request):
@@ -105,8 +114,9 @@ def _render(context, template_name, data):
     return tag_template.render(template.Context(data, autoescape=True))
 
 
-def _track_script(nonce, event, encoded_properties, event_id, receipt=None):
-    """One event for the pixel: ``ttq.track(event, properties, {event_id})`` and its receipt.
+def _track_script(nonce, event, encoded_properties, event_id, receipts=()):
+    """One event for the pixels: ``ttq.track(event, properties, {event_id})`` and its receipts
+    (one per pixel: each pixel's server row learns that the browser sent it).
 
     It needs ``{% tiktok_pixel %}`` earlier on the page: without the base code there is no
     ``ttq`` to call, and the event is skipped rather than half sent. Built here rather than from
@@ -118,7 +128,7 @@ def _track_script(nonce, event, encoded_properties, event_id, receipt=None):
         f"  window.ttq.track({script_json(event)}, {encoded_properties}, "
         f"{script_json({'event_id': event_id})});",
     ]
-    if receipt is not None:
+    for receipt in receipts:
         lines.append(
             "  if (window.tiktokTracking) "
             f"window.tiktokTracking.sendReceipt({script_json(receipt)});"
@@ -147,10 +157,9 @@ def tiktok_pixel(context, email=None, phone=None, external_id=None):
     ``email``, ``phone`` and ``external_id`` of a known customer are sent hashed with
     ``ttq.identify`` when consent allows; the raw values never reach the page.
     """
-    request, decision, off_reason = _browser_lane(context)
+    request, decision, off_reason, pixel_ids = _browser_lane(context)
     if off_reason:
         return _comment("pixel", "off", off_reason)
-    pixel_id = str(conf.get("PIXEL_ID"))
     identity = {}
     # A held pixel sends nothing yet, and the visitor may still refuse: keep them out of the page.
     if decision.allowed:
@@ -164,7 +173,9 @@ def tiktok_pixel(context, email=None, phone=None, external_id=None):
     # No CSRF token here: masking one costs more than the rest of the tag, and only a visitor
     # who answers the banner needs it; the page fetches it from the consent endpoint then.
     config = {
-        "pixelId": pixel_id,
+        # pixelId: the first, as before several pixels were possible.
+        "pixelId": pixel_ids[0],
+        "pixelIds": list(pixel_ids),
         "scriptUrl": conf.get("PIXEL_SCRIPT_URL"),
         "hold": decision.hold,
         "limitedDataUse": decision.limited_data_use,
@@ -177,7 +188,7 @@ def tiktok_pixel(context, email=None, phone=None, external_id=None):
         {
             "nonce": _csp_nonce(request),
             "config": script_json(config),
-            "pixel_id": script_json(pixel_id),
+            "pixel_ids": [script_json(pixel_id) for pixel_id in pixel_ids],
             "hold": decision.hold,
             "limited_data_use": decision.limited_data_use,
             "identity": script_json(identity) if identity else "",
@@ -268,7 +279,7 @@ class TrackNode(template.Node):
         self.arguments = arguments
 
     def render(self, context):
-        request, _decision, off_reason = _browser_lane(context)
+        request, _decision, off_reason, _pixel_ids = _browser_lane(context)
         if off_reason:
             return _comment(self.event, "not sent", off_reason)
         values = {key: value.resolve(context) for key, value in self.arguments.items()}
@@ -306,20 +317,28 @@ class TrackNode(template.Node):
 
 
 @register.simple_tag(takes_context=True)
-def tiktok_purchase(context, order, suffix=None):
+def tiktok_purchase(context, order, suffix=None, charge=None):
     """The purchase of ``order`` with the server lane's event_id and properties, and its receipt.
 
-    ``suffix`` marks a second charge on the same order (``"upsell_1"``). Invalid order data
-    renders a comment naming the field: tracking must never break the thank-you page.
+    ``charge`` (``tiktok_tracking.charges.upsell(...)``) is a second charge on the same order:
+    its own event_id and only its own value and contents, as the server lane sends them.
+    ``suffix`` alone gives a second charge the order's own value. Invalid order data renders
+    a comment naming the field: tracking must never break the thank-you page.
     """
-    request, _decision, off_reason = _browser_lane(context)
+    request, _decision, off_reason, pixel_ids = _browser_lane(context)
     if off_reason:
         return _comment("purchase", "not sent", off_reason)
     event = conf.get("PURCHASE_EVENT")
     if _is_missing(order):
         return _comment("purchase", "not sent", "no order in template context")
+    if getattr(charge, "server_only", False):
+        # A renewal has no page of its own; one rendered anyway would be a phantom purchase.
+        return _comment("purchase", "not sent", "a renewal is sent by the server lane only")
     try:
         facts = read_order(_adapter(order), match_keys=False)
+        suffix = charge_suffix(charge, suffix)
+        if charge is not None:
+            facts = apply_charge(facts, charge)
         event_id = event_id_for(event, facts.order_id, suffix)
         properties = order_properties(facts)
     except InvalidOrderData as exc:
@@ -327,11 +346,10 @@ def tiktok_purchase(context, order, suffix=None):
     except Exception:
         logger.exception("Could not read the order for the TikTok %s event", event)
         return _comment("purchase", "not sent", "the order could not be read, see the log")
-    pixel_id = str(conf.get("PIXEL_ID"))
     return _track_script(
         _csp_nonce(request),
         event,
         script_json(properties),
         event_id,
-        receipt=receipt_token(pixel_id, event, event_id),
+        receipts=[receipt_token(pixel_id, event, event_id) for pixel_id in pixel_ids],
     )

@@ -11,6 +11,7 @@ from tiktok_tracking.client import DELIVERED, TRANSIENT, EventsApiClient
 from tiktok_tracking.events import BrowserContext, OrderFacts, build_event, build_request_body
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
 from tiktok_tracking.hashing import hash_external_id
+from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.standards import CODE_NO_PERMISSION
 
 CHECK_ID_PREFIX = "tiktok_tracking."
@@ -129,25 +130,24 @@ class Command(BaseCommand):
         parser.add_argument(
             "--send-test-event",
             action="store_true",
-            help="Send one synthetic Purchase to the Events API with the test event code.",
+            help="Send one synthetic Purchase to the Events API with the test event code, to "
+            "each pixel.",
         )
         parser.add_argument(
             "--test-event-code",
             metavar="CODE",
             help="With --send-test-event: the test event code from Events Manager "
-            "(default: TEST_EVENT_CODE).",
+            "(default: each pixel's TEST_EVENT_CODE).",
+        )
+        parser.add_argument(
+            "--pixel",
+            metavar="ID",
+            help="With --send-test-event: only this pixel (default: every configured pixel).",
         )
 
     def handle(self, *args, **options):
-        test_event_code = None
-        if options["send_test_event"]:
-            # Without a test code the event would count as a real purchase in the ad account.
-            test_event_code = options["test_event_code"] or conf.get("TEST_EVENT_CODE")
-            if not test_event_code:
-                raise CommandError(
-                    f"{conf.SETTING_NAME}['TEST_EVENT_CODE'] is not set: set it to the code "
-                    "from Events Manager > Test events, or pass --test-event-code CODE."
-                )
+        sending = options["send_test_event"]
+        targets = self.test_targets(options["pixel"], options["test_event_code"]) if sending else []
 
         messages = app_check_messages()
         errors = [message for message in messages if message.is_serious()]
@@ -165,36 +165,72 @@ class Command(BaseCommand):
         if errors:
             raise CommandError(
                 f"The TikTok tracking configuration has {len(errors)} error(s); "
-                + ("fix them before sending a test event." if test_event_code else "see above.")
+                + ("fix them before sending a test event." if sending else "see above.")
             )
-        if test_event_code:
-            self.send_test_event(test_event_code)
+        refused = {}
+        for pixel, code in targets:
+            outcome = self.send_test_event(pixel, code)
+            if outcome.kind != DELIVERED:
+                refused[pixel.pixel_id] = verdict(outcome)
+        if len(targets) == 1 and refused:
+            raise CommandError(f"The test event was not accepted: {next(iter(refused.values()))}")
+        if refused:
+            raise CommandError(
+                "The test event was not accepted: "
+                + "; ".join(f"pixel {pixel_id}: {text}" for pixel_id, text in refused.items())
+            )
 
-    def send_test_event(self, test_event_code):
+    def test_targets(self, only_pixel, test_event_code):
+        """``[(pixel, test_event_code)]`` to send a test event to; an error says what is missing.
+
+        Empty when no pixel can be read from the settings: the system checks say why.
+        """
+        try:
+            pixels = configured_pixels()
+        except TikTokTrackingImproperlyConfigured:
+            return []
+        if only_pixel:
+            pixels = [pixel for pixel in pixels if pixel.pixel_id == only_pixel]
+            if not pixels:
+                raise CommandError(f"Pixel {only_pixel} is not configured (PIXEL_ID or PIXELS).")
+        targets = [(pixel, test_event_code or pixel.test_event_code) for pixel in pixels]
+        # Without a test code the event would count as a real purchase in the ad account.
+        without = [pixel.pixel_id for pixel, code in targets if not code]
+        if without:
+            where = (
+                f"{conf.SETTING_NAME}['TEST_EVENT_CODE'] is not set"
+                if conf.get("PIXELS") is None
+                else f"TEST_EVENT_CODE is not set in PIXELS for pixel(s) {', '.join(without)}"
+            )
+            raise CommandError(
+                f"{where}: set it to the code from Events Manager > Test events, or pass "
+                "--test-event-code CODE."
+            )
+        return targets
+
+    def send_test_event(self, pixel, test_event_code):
+        """Send one test Purchase to ``pixel``, print TikTok's answer and return its Outcome."""
         now = timezone.now()
         body, event_id = build_test_body(
-            conf.require("PIXEL_ID"),
+            pixel.pixel_id,
             test_event_code,
             now=now,
             event_name=conf.get("PURCHASE_EVENT"),
             partner_name=conf.get("PARTNER_NAME") or None,
         )
+        client = EventsApiClient.from_settings()
         try:
-            client = EventsApiClient.from_settings()
-        except TikTokTrackingImproperlyConfigured as exc:
-            raise CommandError(str(exc)) from None
-        try:
-            outcome = client.send(body)
+            outcome = client.send(body, pixel.access_token)
         finally:
             client.close()
         self.stdout.write(
-            f"Test event: {conf.get('PURCHASE_EVENT')} {event_id} to {conf.get('API_URL')} "
-            f"with test_event_code {test_event_code}"
+            f"Test event: {conf.get('PURCHASE_EVENT')} {event_id} to pixel {pixel.pixel_id} at "
+            f"{conf.get('API_URL')} with test_event_code {test_event_code}"
         )
         for line in format_answer(outcome):
             self.stdout.write(line)
         line = f"Verdict: {verdict(outcome)}"
-        if outcome.kind != DELIVERED:
-            self.stdout.write(line, self.style.ERROR)
-            raise CommandError(f"The test event was not accepted: {verdict(outcome)}")
-        self.stdout.write(line, self.style.SUCCESS)
+        self.stdout.write(
+            line, self.style.SUCCESS if outcome.kind == DELIVERED else self.style.ERROR
+        )
+        return outcome

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
+from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.reconcile import (
     COLUMNS,
     paid_orders_source,
@@ -102,6 +103,22 @@ def _cells(line, *, missing):
     return cells
 
 
+def chosen_pixel(pixel_id):
+    """The pixel to reconcile: ``pixel_id``'s, or the only one; None if none is configured."""
+    pixels = configured_pixels()
+    if pixel_id:
+        for pixel in pixels:
+            if pixel.pixel_id == pixel_id:
+                return pixel
+        raise CommandError(f"Pixel {pixel_id} is not configured (PIXEL_ID or PIXELS).")
+    if len(pixels) > 1:
+        raise CommandError(
+            "Several pixels are configured, each with its own purchases: choose one with "
+            f"--pixel ({', '.join(pixel.pixel_id for pixel in pixels)})."
+        )
+    return pixels[0] if pixels else None
+
+
 class Command(BaseCommand):
     help = (
         "Reconcile the shop's paid orders (TIKTOK_TRACKING['PAID_ORDERS']) with the purchases "
@@ -123,6 +140,12 @@ class Command(BaseCommand):
             metavar="N",
             help="List up to N paid orders with no purchase recorded.",
         )
+        parser.add_argument(
+            "--pixel",
+            metavar="ID",
+            help="The pixel to reconcile; needed when several are configured (each has its own "
+            "rows, and perhaps its own sites' orders).",
+        )
 
     def handle(self, *args, **options):
         days = options["days"]
@@ -135,6 +158,7 @@ class Command(BaseCommand):
         names = purchase_names()
         try:
             source = paid_orders_source()
+            pixel = chosen_pixel(options["pixel"])
         except TikTokTrackingImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
 
@@ -142,11 +166,15 @@ class Command(BaseCommand):
         if source is not None:
             try:
                 paid = scan_paid_orders(
-                    source(since, until), names=names, keep_missing=options["show_missing"]
+                    source(since, until),
+                    names=names,
+                    keep_missing=options["show_missing"],
+                    pixel=pixel,
                 )
             except TikTokTrackingImproperlyConfigured as exc:
                 raise CommandError(str(exc)) from None
-        lines, total = reconcile_lines(recorded_counts(since, until, names), paid)
+        pixel_id = pixel.pixel_id if pixel is not None else None
+        lines, total = reconcile_lines(recorded_counts(since, until, names, pixel_id), paid)
         missing = paid.missing if paid is not None and options["show_missing"] else None
 
         output_format = options["format"]
