@@ -195,6 +195,37 @@ def test_send_with_test_code_needs_the_setting(settings):
 
 
 @pytest.mark.django_db
+def test_send_with_test_code_uses_each_pixel_s_own_code(settings):
+    first, second, third = make_rows(3, status=Status.FAILED)
+    TrackedEvent.objects.filter(pk=second.pk).update(pixel_id="CPIXELTWO")
+    TrackedEvent.objects.filter(pk=third.pk).update(pixel_id="CPIXELTHREE")
+    settings.TIKTOK_TRACKING = {
+        **settings.TIKTOK_TRACKING,
+        "PIXEL_ID": None,
+        "ACCESS_TOKEN": None,
+        "PIXELS": [
+            {"PIXEL_ID": "CTESTPIXEL0001", "ACCESS_TOKEN": "t1", "TEST_EVENT_CODE": "TEST_ONE"},
+            {"PIXEL_ID": "CPIXELTWO", "ACCESS_TOKEN": "t2", "TEST_EVENT_CODE": "TEST_TWO"},
+            {"PIXEL_ID": "CPIXELTHREE", "ACCESS_TOKEN": "t3"},
+        ],
+    }
+    client = staff("sender", "view_trackedevent", "send_trackedevent")
+    data = {"action": "resend_with_test_code", "_selected_action": [first.pk, second.pk, third.pk]}
+    html = client.post(LIST_URL, data, follow=True).content.decode()
+    assert "Not sent: the events of pixel CPIXELTHREE" in html
+    rows = {row.pixel_id: row for row in TrackedEvent.objects.all()}
+    assert (rows["CTESTPIXEL0001"].status, rows["CTESTPIXEL0001"].test_event_code) == (
+        Status.PENDING,
+        "TEST_ONE",
+    )
+    assert (rows["CPIXELTWO"].status, rows["CPIXELTWO"].test_event_code) == (
+        Status.PENDING,
+        "TEST_TWO",
+    )
+    assert rows["CPIXELTHREE"].status == Status.FAILED
+
+
+@pytest.mark.django_db
 def test_mark_suppressed_records_who(admin_client_):
     row = make_rows(1, status=Status.FAILED)[0]
     admin_client_.post(LIST_URL, {"action": "mark_suppressed", "_selected_action": [row.pk]})

@@ -17,6 +17,7 @@ from tiktok_tracking import conf
 from tiktok_tracking.dashboard import dashboard_view
 from tiktok_tracking.dedup import VERDICTS, dedup_verdict, verdict_filter
 from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
+from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
 Status = TrackedEvent.Status
@@ -372,15 +373,23 @@ class TrackedEventAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Send with the test event code"), permissions=["send"])
     def resend_with_test_code(self, request, queryset):
-        code = conf.get("TEST_EVENT_CODE")
-        if not code:
-            self.message_user(
-                request,
-                _("Set TIKTOK_TRACKING['TEST_EVENT_CODE'] (from Events Manager) first."),
-                messages.ERROR,
-            )
-            return
-        self._resend(request, queryset, test_event_code=code)
+        # Each pixel has its own test code (PIXELS), or the one pixel TEST_EVENT_CODE's.
+        codes = {pixel.pixel_id: pixel.test_event_code for pixel in configured_pixels()}
+        pixel_ids = queryset.order_by().values_list("pixel_id", flat=True).distinct()
+        for pixel_id in sorted(pixel_ids):
+            code = codes.get(pixel_id)
+            if not code:
+                self.message_user(
+                    request,
+                    format_html(
+                        "Not sent: the events of pixel {} (set its TEST_EVENT_CODE, from "
+                        "Events Manager, first).",
+                        pixel_id,
+                    ),
+                    messages.ERROR,
+                )
+                continue
+            self._resend(request, queryset.filter(pixel_id=pixel_id), test_event_code=code)
 
     @admin.action(description=_("Mark as suppressed"), permissions=["send"])
     def mark_suppressed(self, request, queryset):
