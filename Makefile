@@ -13,8 +13,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# Two sessions: the suite, then the django-oscar shop, which needs oscar's own settings.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ds tests.oscar_shop.settings tests/oscar_shop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -33,7 +33,17 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "tiktok_tracking",
     "tests.shop",
+    # The django-payments integration, tested against the real package.
+    "payments",
+    "tiktok_tracking.integrations.payments",
+    "tests.payments_shop",
 ]
+
+# django-payments builds provider return URLs from this host; its dummy provider calls nothing.
+PAYMENT_HOST = "shop.example"
+PAYMENT_USES_SSL = False
+PAYMENT_MODEL = "payments_shop.OrderPayment"
+PAYMENT_VARIANTS = {"default": ("payments.dummy.DummyProvider", {})}
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1,0 +1,1 @@
+"""A shop paying with django-payments, for the integration tests."""

@@ -1,0 +1,1 @@
+"""Optional integrations with other Django packages, one module each, installed as extras."""
