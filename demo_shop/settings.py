@@ -112,6 +112,8 @@ TIKTOK_TRACKING = {
     "ORDER_ADAPTER": "demo_shop.store.adapters.DemoOrderAdapter",
     "COUNTRY_RESOLVER": "demo_shop.store.views.country_from_cookie",
     "SWEEP_INTERVAL": 10,
+    # What manage.py tiktok_reconcile compares the outbox with.
+    "PAID_ORDERS": "demo_shop.store.models.paid_orders",
 }
 
 LOGGING = {

@@ -107,3 +107,19 @@ def test_manage_py_check_fails_on_errors_and_never_prints_the_token(capsys):
         call_command("check")
     assert "tiktok_tracking.E001" in str(info.value)
     assert settings.TIKTOK_TRACKING["ACCESS_TOKEN"] not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("tests.shop.reports.nothing_here", "could not be imported"),
+        ("tests.shop.reports.Order.DoesNotExist.silenced_by_default", "could not be imported"),
+        ("tests.shop.reports.__doc__", "is not callable"),
+    ],
+)
+def test_paid_orders_must_name_a_callable(path, message):
+    with tracking(PAID_ORDERS=path):
+        [error] = [e for e in checks.check_settings() if e.id == "tiktok_tracking.E016"]
+    assert message in error.msg
+    with tracking(PAID_ORDERS="tests.shop.reports.paid_orders"):
+        assert "tiktok_tracking.E016" not in ids(checks.check_settings())

@@ -69,6 +69,7 @@ def check_settings(app_configs=None, **kwargs):
                 )
             )
     errors.extend(_check_numbers())
+    errors.extend(_check_paid_orders())
     unknown = sorted(set(user) - set(conf.DEFAULTS))
     if unknown:
         errors.append(
@@ -133,6 +134,24 @@ def _check_pixels(user):
             )
         )
     return errors
+
+
+def _check_paid_orders():
+    """E016: PAID_ORDERS, when set, names a callable tiktok_reconcile can call."""
+    from tiktok_tracking.reconcile import paid_orders_source
+
+    try:
+        paid_orders_source()
+    except TikTokTrackingImproperlyConfigured as exc:
+        return [
+            _error(
+                "E016",
+                str(exc),
+                hint="A dotted path to a callable (since, until) returning the shop's paid "
+                "orders, for manage.py tiktok_reconcile.",
+            )
+        ]
+    return []
 
 
 def _check_numbers():

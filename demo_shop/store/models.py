@@ -77,3 +77,10 @@ class OrderLine(models.Model):
     @property
     def line_total(self):
         return self.price * self.quantity
+
+
+def paid_orders(since, until):
+    """The demo's orders paid in ``[since, until)``, for ``manage.py tiktok_reconcile``."""
+    return Order.objects.filter(
+        status=Order.Status.PAID, paid_at__gte=since, paid_at__lt=until
+    ).order_by("pk")
