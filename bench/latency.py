@@ -1,9 +1,11 @@
 """Latency: from an order's commit to the sandbox's receipt of its Purchase, at a steady rate."""
 
 import argparse
+import contextlib
 import http.client
 import math
 import os
+import signal
 import socketserver
 import subprocess
 import sys
@@ -35,6 +37,8 @@ DEFAULT_SANDBOX_LATENCY = 0.05
 DEFAULT_CONN_MAX_AGE = 60
 # Enough senders that a slow answer never holds back the next request's start.
 DEFAULT_CLIENT_THREADS = 32
+SERVER_KINDS = ("prefork", "threaded")
+DEFAULT_SERVER_PROCESSES = 2 * (os.cpu_count() or 1) + 1
 WARMUP_ORDERS = 20
 TARGET_P50 = 1.0
 TARGET_P99 = 3.0
@@ -126,6 +130,21 @@ def add_run_arguments(parser, *, broker_url, per_server=""):
         help=f"load generator threads{per_server} (default {DEFAULT_CLIENT_THREADS})",
     )
     parser.add_argument(
+        "--server",
+        choices=SERVER_KINDS,
+        default="prefork",
+        help="prefork (default): forked processes serving one request at a time each, as "
+        "gunicorn's sync workers run Django; threaded: one process, a thread per kept-alive "
+        "connection",
+    )
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=DEFAULT_SERVER_PROCESSES,
+        help=f"processes of a prefork server (default {DEFAULT_SERVER_PROCESSES}: twice the "
+        "cores plus one, gunicorn's advice)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="leave the database (orders, events) in place"
     )
 
@@ -134,6 +153,8 @@ def check_run_arguments(parser, args):
     """Refuse values of :func:`add_run_arguments`' options that cannot make a run."""
     if args.client_threads < 1:
         parser.error("--client-threads must be at least 1")
+    if args.server_processes < 1:
+        parser.error("--server-processes must be at least 1")
     if args.conn_max_age < 0:
         parser.error("--conn-max-age must be 0 or more")
     broker = urlsplit(args.broker_url)
@@ -145,10 +166,14 @@ def check_run_arguments(parser, args):
 # --- the WSGI server (runs in its own process) --------------------------------------------------
 
 
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """wsgiref's server with one thread per connection, as a threaded production server has."""
+class LoopbackWSGIServer(WSGIServer):
+    """wsgiref's server, one request at a time: each process of a prefork server runs one.
 
-    daemon_threads = True
+    The kernel hands each new connection to an idle process, which serves one request and
+    closes the connection, as gunicorn's sync workers do: no request shares an interpreter (and
+    its lock) with another.
+    """
+
     # socketserver's default backlog of 5 resets connections when requests arrive together.
     request_queue_size = 1024
 
@@ -159,6 +184,19 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         self.server_name = str(host)
         self.server_port = int(port)
         self.setup_environ()
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, LoopbackWSGIServer):
+    """wsgiref's server with one thread per connection, as a threaded production server has."""
+
+    daemon_threads = True
+
+
+class OneRequestHandler(WSGIRequestHandler):
+    """wsgiref's handler as it is (one request, then the connection closes), without the log."""
+
+    def log_message(self, format, *args):
+        pass
 
 
 class KeepAliveServerHandler(ServerHandler):
@@ -214,16 +252,68 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
         pass
 
 
-def serve():
+def server_text(args):
+    """How the benchmark's WSGI server serves, for the reports (pure)."""
+    if args.server == "threaded":
+        return (
+            "wsgiref + ThreadingMixIn in its own process, HTTP/1.1 keep-alive: one thread per "
+            "client connection"
+        )
+    return (
+        f"wsgiref in {args.server_processes} forked processes sharing one socket, one request "
+        "at a time each and the connection closed after it (gunicorn's sync workers)"
+    )
+
+
+def serve(kind, processes):
     """Serve the test project on a free port of 127.0.0.1 until terminated."""
     from django.core.wsgi import get_wsgi_application
 
-    server = ThreadingWSGIServer(("127.0.0.1", 0), KeepAliveRequestHandler)
+    if kind == "threaded":
+        server = ThreadingWSGIServer(("127.0.0.1", 0), KeepAliveRequestHandler)
+    else:
+        server = LoopbackWSGIServer(("127.0.0.1", 0), OneRequestHandler)
+    # Loaded before any fork (gunicorn's --preload): every process serves the same code.
     server.set_app(get_wsgi_application())
     if os.environ.get(WITHOUT_APP_ENV):
         disconnect_receiver()
+    if kind == "threaded":
+        print(f"{SERVER_READY}{server.server_port}", flush=True)
+        server.serve_forever(poll_interval=0.1)
+        return
+    serve_forked(server, processes)
+
+
+def serve_forked(server, processes):
+    """Fork ``processes`` copies of ``server``; stop them all when this process is terminated."""
+    from django.db import connections
+
+    # A database connection must never be shared by two processes.
+    connections.close_all()
+    children = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                server.serve_forever(poll_interval=0.1)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def stop(signum, frame):
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        for child in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, 0)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     print(f"{SERVER_READY}{server.server_port}", flush=True)
-    server.serve_forever(poll_interval=0.1)
+    while True:
+        signal.pause()
 
 
 def disconnect_receiver():
@@ -241,12 +331,21 @@ class WsgiServerProcess:
 
     kind = "wsgi server"
 
-    def __init__(self, env, log_dir, name="wsgi-server"):
+    def __init__(self, env, log_dir, args, name="wsgi-server"):
         # A name per server, so that servers sharing a run's folder keep their logs apart.
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.latency", "--serve"],
+            [
+                sys.executable,
+                "-m",
+                "bench.latency",
+                "--serve",
+                "--server",
+                args.server,
+                "--server-processes",
+                str(args.server_processes),
+            ],
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
             stdout=self._log,
@@ -509,10 +608,7 @@ def print_report(args, figures, orders, sandbox_requests, waited, versions):
         if args.conn_max_age
         else "one per request (CONN_MAX_AGE 0)"
     )
-    print(
-        "  server     wsgiref + ThreadingMixIn in its own process, HTTP/1.1 keep-alive: one "
-        f"thread per client connection; database connections {database}"
-    )
+    print(f"  server     {server_text(args)}; database connections {database}")
     from tiktok_tracking import conf
 
     print(
@@ -638,7 +734,7 @@ def run(args, url, run_dir):
     try:
         print("Starting the WSGI server, worker(s) and beat ...", flush=True)
         server_env = {**env, "DATABASE_URL": with_conn_max_age(url, args.conn_max_age)}
-        server = WsgiServerProcess(server_env, run_dir)
+        server = WsgiServerProcess(server_env, run_dir, args)
         started.append(server)
         server.wait_ready()
         for index in range(args.workers):
@@ -676,7 +772,7 @@ def run(args, url, run_dir):
 def main(argv=None):
     args = parse_args(argv)
     if args.serve:
-        serve()
+        serve(args.server, args.server_processes)
         return 0
     return run_on_postgres(
         args.database_url,

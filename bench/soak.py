@@ -31,6 +31,7 @@ from bench.latency import (
     percentile,
     sandbox_receipts,
     seconds_text,
+    server_text,
     unfinished_rows,
     versions,
     wait_for_deliveries,
@@ -151,8 +152,29 @@ def memory_kb(pid, field):
     return None
 
 
+def process_family(pid):
+    """``pid`` and its child processes (a prefork server's workers), from /proc."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
+def family_cpu_seconds(pid):
+    """CPU seconds of ``pid`` and its children; None once ``pid`` is gone."""
+    used = [cpu_seconds(member) for member in process_family(pid)]
+    return None if used[0] is None else sum(seconds for seconds in used if seconds is not None)
+
+
 def sample_memory(processes, field="VmRSS"):
-    return {label: memory_kb(process.pid, field) for label, process in processes.items()}
+    """The largest ``field`` among each process and its children (a prefork server's workers)."""
+    sizes = {}
+    for label, process in processes.items():
+        found = [memory_kb(member, field) for member in process_family(process.pid)]
+        found = [size for size in found if size is not None]
+        sizes[label] = max(found) if found else None
+    return sizes
 
 
 def machine_ticks():
@@ -177,7 +199,7 @@ class CpuMeter:
         return (
             time.monotonic(),
             machine_ticks(),
-            {label: cpu_seconds(pid) for label, pid in self.pids.items()},
+            {label: family_cpu_seconds(pid) for label, pid in self.pids.items()},
         )
 
     def add(self, name, before, after):
@@ -288,10 +310,8 @@ def print_method(args, plan, warmups):
         "  servers    A: the app as configured; B: the same with the app's payment_completed "
         "receiver disconnected at start (the shop alone; the middleware stays)"
     )
-    print(
-        "             each wsgiref + ThreadingMixIn in its own process, HTTP/1.1 keep-alive, "
-        f"one thread per connection; database connections {database}; one PostgreSQL database"
-    )
+    print(f"             each {server_text(args)}")
+    print(f"             database connections {database}; one PostgreSQL database")
     print(
         f"  delivery   1 Celery worker (solo pool) and beat sweeping every "
         f"{conf.get('SWEEP_INTERVAL')} s, on Redis, for the whole run; the sandbox, in a "
@@ -399,6 +419,7 @@ def print_report(args, plan, warmups, figures):
     )
 
     print()
+    print("Memory: the largest process of each (a prefork server's biggest worker).")
     header = (
         f"{'resident memory (VmRSS)':<24} {'load start':>11} {'load end':>11} {'growth':>10} "
         f"{'peak VmHWM':>11}"
@@ -449,9 +470,9 @@ def problems(plan, figures):
 
 def start_servers(env, url, args, run_dir):
     server_env = {**env, "DATABASE_URL": with_conn_max_age(url, args.conn_max_age)}
-    with_app = WsgiServerProcess(server_env, run_dir, name="wsgi-server-a")
+    with_app = WsgiServerProcess(server_env, run_dir, args, name="wsgi-server-a")
     without_app = WsgiServerProcess(
-        {**server_env, WITHOUT_APP_ENV: "1"}, run_dir, name="wsgi-server-b"
+        {**server_env, WITHOUT_APP_ENV: "1"}, run_dir, args, name="wsgi-server-b"
     )
     return {"A": with_app, "B": without_app}
 
