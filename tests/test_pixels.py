@@ -206,7 +206,7 @@ def test_a_repeated_signal_keeps_the_rows_and_a_pixel_added_since_gets_its_own()
 @pytest.mark.django_db
 def test_invalid_order_ids_fail_once_per_pixel():
     order = make_order("M3")
-    Order.objects.filter(pk=order.pk).update(number="bad\x00id")
+    Order.objects.filter(pk=order.pk).update(number="bad\x07id")
     order.refresh_from_db()
     with with_pixels(EU_PIXEL, US_PIXEL):
         pay(order)

@@ -2,10 +2,10 @@
 
 from dataclasses import dataclass, fields
 
-from django.db import connection
+from django.db import connection, router
 from django.utils import timezone
 
-from tiktok_tracking import conf
+from tiktok_tracking import conf, statements
 from tiktok_tracking.adapters import get_adapter_class
 from tiktok_tracking.events import BrowserContext
 from tiktok_tracking.visitor import TTP_COOKIE, clean_cookie, client_ip, get_visitor
@@ -98,7 +98,16 @@ def save_context(order_id, context, snapshot, *, exists=None):
     }
     if exists is not False and CheckoutContext.objects.filter(order_id=order_id).update(**values):
         return
-    if connection.features.supports_ignore_conflicts:
+    using = router.db_for_write(CheckoutContext)
+    if statements.supported(using) and connection.features.supports_ignore_conflicts:
+        statements.insert(
+            CheckoutContext,
+            {"order_id": order_id, **values},
+            using=using,
+            now=values["captured_at"],
+            ignore_conflicts=True,
+        )
+    elif connection.features.supports_ignore_conflicts:
         CheckoutContext.objects.bulk_create(
             [CheckoutContext(order_id=order_id, **values)], ignore_conflicts=True
         )
@@ -106,27 +115,50 @@ def save_context(order_id, context, snapshot, *, exists=None):
         CheckoutContext.objects.update_or_create(order_id=order_id, defaults=values)
 
 
+# What stored_context reads of a CheckoutContext row.
+STORED_FIELDS = (
+    "ttclid",
+    "ttp",
+    "ip",
+    "user_agent",
+    "page_url",
+    "referrer",
+    "locale",
+    "visitor_id",
+    "consent_status",
+    "country",
+    "limited_data_use",
+)
+
+
 def stored_context(order_id):
     """The context and consent snapshot captured for an order, or (None, None)."""
     from tiktok_tracking.models import CheckoutContext
 
-    row = CheckoutContext.objects.filter(order_id=order_id).first()
+    using = router.db_for_read(CheckoutContext)
+    if statements.supported(using):
+        # Read on every payment: the statement is composed once, not per order.
+        row = statements.select_one(
+            CheckoutContext, STORED_FIELDS, "order_id", order_id, using=using
+        )
+    else:
+        row = CheckoutContext.objects.filter(order_id=order_id).values(*STORED_FIELDS).first()
     if row is None:
         return None, None
     context = BrowserContext(
-        ttclid=row.ttclid or None,
-        ttp=row.ttp or None,
-        ip=row.ip or None,
-        user_agent=row.user_agent or None,
-        page_url=row.page_url or None,
-        referrer=row.referrer or None,
-        locale=row.locale or None,
+        ttclid=row["ttclid"] or None,
+        ttp=row["ttp"] or None,
+        ip=row["ip"] or None,
+        user_agent=row["user_agent"] or None,
+        page_url=row["page_url"] or None,
+        referrer=row["referrer"] or None,
+        locale=row["locale"] or None,
     )
     snapshot = ConsentSnapshot(
-        visitor_id=row.visitor_id,
-        consent_status=row.consent_status or None,
-        country=row.country or None,
-        limited_data_use=row.limited_data_use,
+        visitor_id=row["visitor_id"],
+        consent_status=row["consent_status"] or None,
+        country=row["country"] or None,
+        limited_data_use=row["limited_data_use"],
     )
     return context, snapshot
 

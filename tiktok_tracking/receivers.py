@@ -2,13 +2,13 @@
 
 import logging
 import uuid
-from functools import partial
+from functools import lru_cache, partial
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Subquery
 from django.utils import timezone
 
-from tiktok_tracking import conf
+from tiktok_tracking import conf, statements
 from tiktok_tracking.adapters import get_adapter_class
 from tiktok_tracking.charges import apply_charge, charge_suffix
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
@@ -34,6 +34,8 @@ from tiktok_tracking.signals import payment_completed
 
 logger = logging.getLogger(__name__)
 
+# What identifies a browser receipt, as its model's fields.
+RECEIPT_KEY = ("pixel_id", "event", "event_id")
 # Rows of orders whose id is unusable: never sent, shown in the admin with the reason.
 INVALID_EVENT_ID_PREFIX = "invalid_"
 
@@ -176,21 +178,46 @@ def _insert_once(pixel_ids, event_name, event_id, build_fields):
 def _insert_row(pixel_id, fields):
     from tiktok_tracking.models import BrowserReceipt, TrackedEvent
 
+    values = {**fields, "pixel_id": pixel_id}
+    receipt = (pixel_id, fields["event"], fields["event_id"])
+    using = router.db_for_write(TrackedEvent)
+    # The thank-you page's receipt may have come first (a webhook often arrives later): read by
+    # the INSERT itself, which spares the checkout a round trip.
+    if statements.supported(using):
+        return statements.insert(
+            TrackedEvent,
+            values,
+            using=using,
+            now=fields["event_time"],
+            computed={"browser_seen_at": (_receipt_subquery(using), receipt)},
+        )
     row = TrackedEvent.objects.create(
-        pixel_id=pixel_id,
-        # The thank-you page's receipt may have come first (a webhook often arrives later):
-        # read by the INSERT itself, which spares the checkout a round trip.
         browser_seen_at=Subquery(
             BrowserReceipt.objects.filter(
                 pixel_id=pixel_id, event=fields["event"], event_id=fields["event_id"]
             ).values("received_at")[:1]
         ),
-        **fields,
+        **values,
     )
     # The instance holds the subquery, not its answer: leave the field deferred, so that
     # reading it (rare) loads the stored value.
     del row.browser_seen_at
     return row
+
+
+@lru_cache(maxsize=8)
+def _receipt_subquery(using):
+    """The receipt time of one (pixel, event, event_id), as SQL for the INSERT."""
+    from tiktok_tracking.models import BrowserReceipt
+
+    quote = connections[using].ops.quote_name
+    meta = BrowserReceipt._meta
+    columns = {name: quote(meta.get_field(name).column) for name in RECEIPT_KEY}
+    return (
+        f"(SELECT {quote(meta.get_field('received_at').column)} FROM {quote(meta.db_table)} "  # noqa: S608
+        f"WHERE {columns['pixel_id']} = %s AND {columns['event']} = %s "
+        f"AND {columns['event_id']} = %s LIMIT 1)"
+    )
 
 
 def _unreadable_order(exc, what):
