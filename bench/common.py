@@ -10,6 +10,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tests.processes import terminate
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -211,11 +213,5 @@ class SandboxProcess:
         return self._control("GET", "requests")
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
         self.process.stdout.close()

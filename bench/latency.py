@@ -24,6 +24,7 @@ from bench.common import (
     make_orders,
     run_on_postgres,
 )
+from tests.processes import terminate
 
 # Why the benchmark refuses databases not named for it.
 PURPOSE = "writes orders and events into it"
@@ -374,13 +375,7 @@ class WsgiServerProcess:
         return self
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
         self._log.close()
 
 

@@ -19,6 +19,17 @@ class ProcessFailed(RuntimeError):
     """A process exited, or did not become ready, in time; the message carries its log."""
 
 
+def terminate(process, timeout=15):
+    """SIGTERM ``process`` (a Popen) and wait; SIGKILL it if it outlives ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def poll_until(predicate, timeout=20.0, interval=0.05, message="condition"):
     """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -76,12 +87,7 @@ class CeleryProcess:
             self.process.wait(timeout=10)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.process)
         self._log.close()
 
 

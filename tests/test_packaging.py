@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import tiktok_tracking
+from tests.processes import terminate
 
 pytestmark = pytest.mark.integration
 
@@ -192,13 +193,7 @@ class Background:
             time.sleep(0.1)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
         if self.process.stdout:
             self.process.stdout.close()
         self._log.close()
