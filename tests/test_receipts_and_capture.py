@@ -119,6 +119,24 @@ def test_middleware_keeps_the_click_id_and_gives_a_visitor_id():
 
 
 @pytest.mark.django_db
+def test_cookies_set_over_https_are_secure_and_over_http_not():
+    from tiktok_tracking.visitor import CONSENT_COOKIE
+
+    for secure in (True, False):
+        client = Client()
+        client.cookies["country"] = "US"
+        landing = client.get("/?ttclid=ad-click-9", secure=secure)
+        choice = client.post("/tiktok/consent/", {"status": "granted"}, secure=secure)
+        cookies = [
+            landing.cookies[TTCLID_COOKIE],
+            landing.cookies[VISITOR_COOKIE],
+            choice.cookies[CONSENT_COOKIE],
+        ]
+        # A development server on plain HTTP must still get its cookies back.
+        assert [bool(cookie["secure"]) for cookie in cookies] == [secure] * 3
+
+
+@pytest.mark.django_db
 def test_no_click_id_cookie_without_consent_in_an_opt_in_region():
     client = Client()
     client.cookies["country"] = "DE"

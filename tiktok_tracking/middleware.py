@@ -19,9 +19,16 @@ class TikTokTrackingMiddleware:
     def __call__(self, request):
         visitor = get_visitor(request)
         response = self.get_response(request)
+        # Served over HTTPS, the cookies are never sent back over plain HTTP.
+        secure = request.is_secure()
         if visitor.is_new:
             response.set_cookie(
-                VISITOR_COOKIE, visitor.visitor_id, max_age=ONE_YEAR, samesite="Lax", httponly=True
+                VISITOR_COOKIE,
+                visitor.visitor_id,
+                max_age=ONE_YEAR,
+                samesite="Lax",
+                httponly=True,
+                secure=secure,
             )
         # A purchase often comes days after the ad click, on another page: keep the click id,
         # where the visitor's consent allows a tracking cookie.
@@ -36,5 +43,6 @@ class TikTokTrackingMiddleware:
                 max_age=int(conf.get("TTCLID_COOKIE_DAYS")) * 24 * 3600,
                 samesite="Lax",
                 httponly=True,
+                secure=secure,
             )
         return response

@@ -63,7 +63,7 @@ def consent(request):
             "limited_data_use": decision.limited_data_use,
         }
     )
-    set_consent_cookie(response, status)
+    set_consent_cookie(response, status, secure=request.is_secure())
     return response
 
 

@@ -83,7 +83,8 @@ def read_consent_cookie(request):
     return status
 
 
-def set_consent_cookie(response, status):
+def set_consent_cookie(response, status, *, secure=False):
+    """The visitor's choice in a signed cookie; ``secure`` (an HTTPS request) keeps it off HTTP."""
     response.set_signed_cookie(
         CONSENT_COOKIE,
         f"{status}:{conf.get('CONSENT_POLICY_VERSION')}",
@@ -91,7 +92,7 @@ def set_consent_cookie(response, status):
         max_age=ONE_YEAR,
         samesite="Lax",
         httponly=True,
-        secure=False,
+        secure=secure,
     )
 
 
