@@ -123,3 +123,20 @@ def test_paid_orders_must_name_a_callable(path, message):
     assert message in error.msg
     with tracking(PAID_ORDERS="tests.shop.reports.paid_orders"):
         assert "tiktok_tracking.E016" not in ids(checks.check_settings())
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ("InitiateCheckout", "must be a list of event names"),
+        (("InitiateCheckout", "CheckoutStarted"), "'CheckoutStarted' is not a TikTok event name"),
+        (("Purchase",), "'Purchase' is a purchase"),
+        (("CompletePayment",), "'CompletePayment' is a purchase"),
+    ],
+)
+def test_server_funnel_events_are_funnel_events(events, message):
+    with tracking(SERVER_FUNNEL_EVENTS=events):
+        [error] = [e for e in checks.check_settings() if e.id == "tiktok_tracking.E017"]
+    assert message in error.msg
+    with tracking(SERVER_FUNNEL_EVENTS=("InitiateCheckout", "AddPaymentInfo")):
+        assert "tiktok_tracking.E017" not in ids(checks.check_settings())

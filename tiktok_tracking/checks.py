@@ -10,7 +10,7 @@ from tiktok_tracking import conf
 from tiktok_tracking.events import is_valid_event_name
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
 from tiktok_tracking.pixels import parse_pixels, site_scoped
-from tiktok_tracking.standards import MAX_BATCH_SIZE
+from tiktok_tracking.standards import MAX_BATCH_SIZE, PURCHASE_EVENT_NAMES
 
 # TikTok deduplicates repeats of one event_id for 48 h; retries must stop well before that.
 DEDUP_WINDOW_HOURS = 48
@@ -46,7 +46,7 @@ def check_settings(app_configs=None, **kwargs):
             _error(
                 "E003",
                 f"{conf.SETTING_NAME}['PURCHASE_EVENT'] = {conf.get('PURCHASE_EVENT')!r} "
-                "is not a TikTok standard event.",
+                "is not a TikTok event name.",
                 hint="Use 'Purchase' (or the legacy 'CompletePayment').",
             )
         )
@@ -70,6 +70,7 @@ def check_settings(app_configs=None, **kwargs):
             )
     errors.extend(_check_numbers())
     errors.extend(_check_paid_orders())
+    errors.extend(_check_funnel_events())
     unknown = sorted(set(user) - set(conf.DEFAULTS))
     if unknown:
         errors.append(
@@ -133,6 +134,29 @@ def _check_pixels(user):
                 hint="Add 'django.contrib.sites' to INSTALLED_APPS, or remove SITES.",
             )
         )
+    return errors
+
+
+def _check_funnel_events():
+    """E017: SERVER_FUNNEL_EVENTS names TikTok events, and no purchase (recorded at checkout,
+    before any payment, a purchase would be counted for orders never paid)."""
+    events = conf.get("SERVER_FUNNEL_EVENTS")
+    setting = f"{conf.SETTING_NAME}['SERVER_FUNNEL_EVENTS']"
+    if isinstance(events, str) or not isinstance(events, (list, tuple)):
+        return [_error("E017", f"{setting} must be a list of event names, not {events!r}.")]
+    errors = []
+    for event in events:
+        if not is_valid_event_name(event):
+            errors.append(_error("E017", f"{setting}: {event!r} is not a TikTok event name."))
+        elif event in PURCHASE_EVENT_NAMES or event == conf.get("PURCHASE_EVENT"):
+            errors.append(
+                _error(
+                    "E017",
+                    f"{setting}: {event!r} is a purchase; capture_context records these events "
+                    "at checkout, before the payment.",
+                    hint="Purchases are sent by payment_completed.",
+                )
+            )
     return errors
 
 
