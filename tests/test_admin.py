@@ -276,3 +276,10 @@ def test_order_panel_query_count_does_not_grow_with_events(admin_client_):
     make_rows(20, prefix="y")
     TrackedEvent.objects.update(order_id="88")
     assert queries() == few
+
+
+@pytest.mark.django_db
+def test_the_delivery_log_links_to_the_dashboard(admin_client_):
+    html = admin_client_.get(LIST_URL).content.decode()
+    assert 'href="/admin/tiktok_tracking/trackedevent/dashboard/"' in html
+    assert admin_client_.get("/admin/tiktok_tracking/trackedevent/dashboard/").status_code == 200
