@@ -112,3 +112,81 @@ def test_with_consent_denied_nothing_is_tracked_in_either_lane(browser, live_ser
     assert "denied" in row.suppressed_reason
     assert not BrowserReceipt.objects.exists()
     assert sandbox.events() == []
+
+
+CONSENT_WITH_SOURCE_JS = """
+const [choice, source, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+window.tiktokTracking[choice](source).then(() => done("ok"), (error) => done(String(error)));
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_js_api_records_who_asked(browser, live_server):
+    from tiktok_tracking.models import ConsentRecord
+
+    open_shop_in_germany(browser, live_server)
+    browser.set_script_timeout(10)
+    assert browser.execute_async_script(CONSENT_WITH_SOURCE_JS, "grant", "cmp") == "ok"
+    choose(browser, "deny")
+    records = list(ConsentRecord.objects.order_by("created_at", "pk"))
+    assert [(record.status, record.source) for record in records] == [
+        ("granted", "cmp"),
+        ("denied", "banner"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_pixels_each_get_both_lanes_with_one_event_id(browser, live_server, sandbox, settings):
+    from tiktok_tracking import delivery
+    from tiktok_tracking.sandbox.server import PIXEL_SCRIPT_PATH
+
+    token = settings.TIKTOK_TRACKING["ACCESS_TOKEN"]
+    settings.TIKTOK_TRACKING = {
+        **settings.TIKTOK_TRACKING,
+        "PIXEL_ID": None,
+        "ACCESS_TOKEN": None,
+        "PIXELS": [
+            {"PIXEL_ID": "CPIXELONE0001", "ACCESS_TOKEN": token},
+            {"PIXEL_ID": "CPIXELTWO0002", "ACCESS_TOKEN": token},
+        ],
+        # The sandbox's stand-in for events.js, which reports each call for every loaded pixel.
+        "PIXEL_SCRIPT_URL": sandbox.url + PIXEL_SCRIPT_PATH,
+    }
+    open_shop_in_germany(browser, live_server)
+    choose(browser, "grant")
+    place_order(browser, "E2E-P2")
+    browser.get(f"{live_server.url}/thanks/E2E-P2/")
+
+    browser_lane = wait_until(
+        lambda: (
+            {
+                call["pixel"]: call["event_id"]
+                for call in sandbox.browser_events()
+                if call["event"] == "Purchase"
+            }
+            if len([c for c in sandbox.browser_events() if c["event"] == "Purchase"]) >= 2
+            else None
+        ),
+        timeout=20,
+        message="the pixel's Purchase for both pixels",
+    )
+    assert browser_lane == {"CPIXELONE0001": "order_E2E-P2", "CPIXELTWO0002": "order_E2E-P2"}
+
+    delivery.deliver_due_events(max_seconds=5)
+    server_lane = {
+        event["pixel"]: event["event_id"]
+        for event in sandbox.events()
+        if event["event"] == "Purchase"
+    }
+    assert server_lane == browser_lane
+    # Each pixel's row learned that the browser sent its event.
+    wait_until(
+        lambda: (
+            TrackedEvent.objects.filter(
+                event_id="order_E2E-P2", browser_seen_at__isnull=False
+            ).count()
+            == 2
+        ),
+        timeout=20,
+        message="a receipt for each pixel's row",
+    )

@@ -39,9 +39,17 @@
     if (pixel && state.pixels.indexOf(pixel) === -1) state.pixels.push(pixel);
     return;
   }
+  // Every pixel the page's ttq.load() calls registered (ttq._i), not only this script's own:
+  // the first copy to run may walk the queue before the others have loaded, and TikTok's
+  // script sends each call to every pixel loaded on the page.
+  var pixels = [];
+  for (var loaded in ttq._i || {}) {
+    if (Object.prototype.hasOwnProperty.call(ttq._i, loaded)) pixels.push(loaded);
+  }
+  if (pixel && pixels.indexOf(pixel) === -1) pixels.push(pixel);
   state = ttq._sandbox = {
     endpoint: origin + "/sandbox/pixel",
-    pixels: pixel ? [pixel] : [],
+    pixels: pixels,
     held: null, // null: not holding; an array: calls waiting for grantConsent
     revoked: false,
     seen: 0
