@@ -102,40 +102,35 @@ def insert(model, values, *, using, now, computed=None, ignore_conflicts=False):
 
 @lru_cache(maxsize=32)
 def _select_plan(model, alias, names, where):
-    """The SELECT's SQL, and each column with the converters the ORM would apply to it."""
-    connection = connections[alias]
-    quote = connection.ops.quote_name
+    """The SELECT's SQL, the columns it reads and the field it filters on."""
+    quote = connections[alias].ops.quote_name
     table = model._meta.db_table
-    columns = [model._meta.get_field(name).get_col(table) for name in names]
+    columns = tuple(model._meta.get_field(name).get_col(table) for name in names)
     where_field = model._meta.get_field(where)
     # Only the model's own quoted names go into the SQL; the value is a parameter.
     sql = (
         f"SELECT {', '.join(quote(column.target.column) for column in columns)} "  # noqa: S608
         f"FROM {quote(table)} WHERE {quote(where_field.column)} = %s LIMIT 1"
     )
-    converters = tuple(
-        (
-            column,
-            tuple(connection.ops.get_db_converters(column) + column.get_db_converters(connection)),
-        )
-        for column in columns
-    )
-    return sql, converters, where_field
+    return sql, columns, where_field
 
 
 def select_one(model, names, where, value, *, using):
     """``{name: value}`` of the first row of ``model`` whose ``where`` field equals ``value``,
     or None; each value converted as the ORM converts it."""
+    # The connection of this thread: the converters below are its own, never another's.
     connection = connections[using]
-    sql, converters, where_field = _select_plan(model, using, tuple(names), where)
+    sql, columns, where_field = _select_plan(model, using, tuple(names), where)
     with connection.cursor() as cursor:
         cursor.execute(sql, [where_field.get_db_prep_value(value, connection)])
         row = cursor.fetchone()
     if row is None:
         return None
     result = {}
-    for name, raw, (column, functions) in zip(names, row, converters, strict=True):
-        for convert in functions:
+    for name, raw, column in zip(names, row, columns, strict=True):
+        for convert in connection.ops.get_db_converters(column) + column.get_db_converters(
+            connection
+        ):
             raw = convert(raw, column, connection)
         result[name] = raw
     return result
