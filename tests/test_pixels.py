@@ -463,6 +463,8 @@ def test_reconcile_takes_one_pixel_at_a_time():
         TrackedEvent.objects.filter(order_id="C2", pixel_id="CPIXELUS00002").delete()
         with pytest.raises(CommandError, match="Several pixels are configured"):
             call_command("tiktok_reconcile", stdout=io.StringIO(), stderr=io.StringIO())
+        with pytest.raises(CommandError, match="Pixel CPIXELNONE is not configured"):
+            call_command("tiktok_reconcile", "--pixel", "CPIXELNONE", stdout=io.StringIO())
         reports = {}
         for pixel_id in ("CPIXELEU00001", "CPIXELUS00002"):
             out = io.StringIO()

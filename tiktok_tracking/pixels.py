@@ -120,6 +120,16 @@ def configured_tokens():
     return [token for token in tokens if isinstance(token, str) and token]
 
 
+def named_pixel(pixels, pixel_id):
+    """The pixel of ``pixels`` whose code is ``pixel_id``; an error saying it is not configured."""
+    for pixel in pixels:
+        if pixel.pixel_id == pixel_id:
+            return pixel
+    raise TikTokTrackingImproperlyConfigured(
+        f"Pixel {pixel_id} is not configured (PIXEL_ID or PIXELS)."
+    )
+
+
 def pixels_for_site(pixels, site_id):
     """Those of ``pixels`` that track site ``site_id`` (None: the site is unknown)."""
     return tuple(pixel for pixel in pixels if pixel.tracks_site(site_id))

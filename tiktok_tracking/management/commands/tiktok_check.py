@@ -11,7 +11,7 @@ from tiktok_tracking.client import DELIVERED, TRANSIENT, EventsApiClient
 from tiktok_tracking.events import BrowserContext, OrderFacts, build_event, build_request_body
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
 from tiktok_tracking.hashing import hash_external_id
-from tiktok_tracking.pixels import configured_pixels
+from tiktok_tracking.pixels import configured_pixels, named_pixel
 from tiktok_tracking.standards import CODE_NO_PERMISSION
 
 CHECK_ID_PREFIX = "tiktok_tracking."
@@ -190,9 +190,10 @@ class Command(BaseCommand):
         except TikTokTrackingImproperlyConfigured:
             return []
         if only_pixel:
-            pixels = [pixel for pixel in pixels if pixel.pixel_id == only_pixel]
-            if not pixels:
-                raise CommandError(f"Pixel {only_pixel} is not configured (PIXEL_ID or PIXELS).")
+            try:
+                pixels = [named_pixel(pixels, only_pixel)]
+            except TikTokTrackingImproperlyConfigured as exc:
+                raise CommandError(str(exc)) from None
         targets = [(pixel, test_event_code or pixel.test_event_code) for pixel in pixels]
         # Without a test code the event would count as a real purchase in the ad account.
         without = [pixel.pixel_id for pixel, code in targets if not code]

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
-from tiktok_tracking.pixels import configured_pixels
+from tiktok_tracking.pixels import configured_pixels, named_pixel
 from tiktok_tracking.reconcile import (
     COLUMNS,
     paid_orders_source,
@@ -107,10 +107,7 @@ def chosen_pixel(pixel_id):
     """The pixel to reconcile: ``pixel_id``'s, or the only one; None if none is configured."""
     pixels = configured_pixels()
     if pixel_id:
-        for pixel in pixels:
-            if pixel.pixel_id == pixel_id:
-                return pixel
-        raise CommandError(f"Pixel {pixel_id} is not configured (PIXEL_ID or PIXELS).")
+        return named_pixel(pixels, pixel_id)
     if len(pixels) > 1:
         raise CommandError(
             "Several pixels are configured, each with its own purchases: choose one with "
