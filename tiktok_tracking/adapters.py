@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.utils.module_loading import import_string
 
+from tiktok_tracking.boundaries import storable_text
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
 from tiktok_tracking.standards import ISO_3166_ALPHA2_CODES, ISO_4217_CODES
 
@@ -33,8 +34,9 @@ def clean_order_id(value) -> str:
         raise InvalidOrderData(
             "order_id", f"must be at most {ORDER_ID_MAX_LENGTH} characters, not {len(order_id)}"
         )
-    if any(unicodedata.category(char) == "Cc" for char in order_id):
-        raise InvalidOrderData("order_id", "must not contain control characters")
+    # Control characters and lone surrogates (Cs) could be neither sent nor stored.
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in order_id):
+        raise InvalidOrderData("order_id", "must not contain control characters or surrogates")
     return order_id
 
 
@@ -100,7 +102,7 @@ def clean_country(value) -> str | None:
 def _clean_content_id(value, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidOrderData(field, f"must be a string or integer, not {type(value).__name__}")
-    content_id = str(value).strip()
+    content_id = storable_text(value).strip()
     if not content_id:
         raise InvalidOrderData(field, "must not be empty")
     return content_id
@@ -111,7 +113,8 @@ def _clean_content_name(value, field: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidOrderData(field, f"must be a string, not {type(value).__name__}")
-    return value.strip() or None
+    # A NUL or a lone surrogate in a product name must not cost the order its event.
+    return storable_text(value).strip() or None
 
 
 def _clean_quantity(value, field: str) -> int:
@@ -176,7 +179,7 @@ def _first_present(obj, names):
 def _optional_string(value) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
+    text = storable_text(value).strip()
     return text or None
 
 

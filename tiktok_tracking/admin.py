@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from tiktok_tracking import conf
+from tiktok_tracking.boundaries import private_url
 from tiktok_tracking.dashboard import dashboard_view
 from tiktok_tracking.dedup import VERDICTS, dedup_verdict, verdict_filter
 from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
@@ -50,7 +51,8 @@ def badge(text, colour):
 
 
 def masked_payload(payload, purged=False):
-    """The payload as the admin shows it: hashes shortened, raw ip and user agent hidden (pure)."""
+    """The payload as the admin shows it: hashes shortened, raw ip and user agent hidden, page
+    addresses without personal data (pure)."""
     shown = json.loads(json.dumps(payload or {}))
     user = shown.setdefault("user", {})
     for key in ("email", "phone", "external_id"):
@@ -67,6 +69,15 @@ def masked_payload(payload, purged=False):
     for key in ("ttclid", "ttp"):
         if isinstance(user.get(key), str) and len(user[key]) > 12:
             user[key] = user[key][:12] + "…"
+    page = shown.get("page")
+    if isinstance(page, dict):
+        # Rows recorded before addresses were stripped on the way in may still carry an email
+        # in a query string: shown as they would be stored now.
+        for key in ("url", "referrer"):
+            if key in page:
+                page[key] = private_url(page[key]) if isinstance(page[key], str) else None
+    elif purged:
+        shown["page"] = "(purged)"
     return shown
 
 

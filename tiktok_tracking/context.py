@@ -1,14 +1,19 @@
 """Checkout context: click id, cookies, ip, user agent, page and consent, kept per order."""
 
+import logging
 from dataclasses import dataclass, fields
 
+from django.core.exceptions import DisallowedHost
 from django.db import connection, router
 from django.utils import timezone
 
 from tiktok_tracking import conf, statements
-from tiktok_tracking.adapters import get_adapter_class
+from tiktok_tracking.adapters import clean_order_id, get_adapter_class
+from tiktok_tracking.boundaries import fit_fields, fit_text, private_url
 from tiktok_tracking.events import BrowserContext
 from tiktok_tracking.visitor import TTP_COOKIE, clean_cookie, client_ip, get_visitor
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,14 @@ class ConsentSnapshot:
     limited_data_use: bool = False
 
 
+# No browser sends a longer one; a longer header is cut rather than stored and sent whole.
+USER_AGENT_MAX_LENGTH = 1024
+LOCALE_MAX_LENGTH = 35
+
+
 def _first_locale(accept_language):
-    first = accept_language.split(",", 1)[0].split(";", 1)[0].strip()
-    return first[:35] if first and first != "*" else None
+    first = fit_text(accept_language.split(",", 1)[0].split(";", 1)[0]).strip()
+    return first[:LOCALE_MAX_LENGTH] if first and first != "*" else None
 
 
 def context_from_request(request):
@@ -38,11 +48,22 @@ def context_from_request(request):
             meta.get("HTTP_X_FORWARDED_FOR"),
             conf.get("TRUSTED_PROXIES"),
         ),
-        user_agent=meta.get("HTTP_USER_AGENT") or None,
-        page_url=request.build_absolute_uri(),
-        referrer=meta.get("HTTP_REFERER") or None,
+        user_agent=fit_text(meta.get("HTTP_USER_AGENT") or "", USER_AGENT_MAX_LENGTH) or None,
+        # Page addresses keep no email, phone or token from their query: they are stored and
+        # sent to TikTok.
+        page_url=private_url(_absolute_uri(request)),
+        referrer=private_url(meta.get("HTTP_REFERER")),
         locale=_first_locale(meta.get("HTTP_ACCEPT_LANGUAGE", "")),
     )
+
+
+def _absolute_uri(request):
+    try:
+        return request.build_absolute_uri()
+    except DisallowedHost:
+        # A Host header that ALLOWED_HOSTS refuses: the page's address is unknown, the
+        # checkout goes on without it.
+        return None
 
 
 def snapshot_from_request(request, country=None):
@@ -81,21 +102,24 @@ def save_context(order_id, context, snapshot, *, exists=None):
     """
     from tiktok_tracking.models import CheckoutContext
 
-    values = {
-        "ttclid": context.ttclid or "",
-        "ttp": context.ttp or "",
-        "ip": context.ip,
-        "user_agent": context.user_agent or "",
-        "page_url": context.page_url or "",
-        "referrer": context.referrer or "",
-        "locale": context.locale or "",
-        "visitor_id": snapshot.visitor_id,
-        "consent_status": snapshot.consent_status or "",
-        "country": snapshot.country or "",
-        "limited_data_use": snapshot.limited_data_use,
-        "captured_at": timezone.now(),
-        "personal_data_purged_at": None,
-    }
+    values = fit_fields(
+        CheckoutContext,
+        {
+            "ttclid": context.ttclid or "",
+            "ttp": context.ttp or "",
+            "ip": context.ip,
+            "user_agent": context.user_agent or "",
+            "page_url": context.page_url or "",
+            "referrer": context.referrer or "",
+            "locale": context.locale or "",
+            "visitor_id": snapshot.visitor_id,
+            "consent_status": snapshot.consent_status or "",
+            "country": snapshot.country or "",
+            "limited_data_use": snapshot.limited_data_use,
+            "captured_at": timezone.now(),
+            "personal_data_purged_at": None,
+        },
+    )
     if exists is not False and CheckoutContext.objects.filter(order_id=order_id).update(**values):
         return
     using = router.db_for_write(CheckoutContext)
@@ -167,14 +191,20 @@ def capture_context(request, order):
     """Store the browser context and consent of ``order`` for its later server events.
 
     Also records the server-lane funnel events (``SERVER_FUNNEL_EVENTS``, InitiateCheckout by
-    default) with the same event_id that ``{% tiktok_track ... order=order %}`` renders.
+    default) with the same event_id that ``{% tiktok_track ... order=order %}`` renders. Never
+    raises into the checkout: what cannot be captured is logged, and the order's purchase is
+    still recorded when it is paid. Returns the captured context, or None.
     """
     from tiktok_tracking.receivers import record_order_event
 
-    adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
-    context = context_from_request(request)
-    snapshot = snapshot_from_request(request, country=_order_country(adapter))
-    save_context(adapter.order_id(), context, snapshot)
+    try:
+        adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
+        context = context_from_request(request)
+        snapshot = snapshot_from_request(request, country=_order_country(adapter))
+        save_context(clean_order_id(adapter.order_id()), context, snapshot)
+    except Exception:
+        logger.exception("Could not capture the checkout context of an order")
+        return None
     for event in conf.get("SERVER_FUNNEL_EVENTS"):
         record_order_event(event, order, context=context, snapshot=snapshot)
     return context

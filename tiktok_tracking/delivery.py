@@ -440,7 +440,8 @@ def expire_leases(now=None):
 
 
 def purge_personal_data(now=None, retention_days=None):
-    """Blank raw ip and user agent once delivery no longer needs them; returns rows touched."""
+    """Blank raw ip, user agent and page addresses once delivery no longer needs them; returns
+    rows touched."""
     now = now or timezone.now()
     days = conf.get("RETENTION_DAYS") if retention_days is None else retention_days
     cutoff = now - timedelta(days=days)
@@ -451,10 +452,7 @@ def purge_personal_data(now=None, retention_days=None):
     ).only("pk", "payload")
     batch = []
     for row in stale.iterator(chunk_size=500):
-        user = dict((row.payload or {}).get("user") or {})
-        user.pop("ip", None)
-        user.pop("user_agent", None)
-        row.payload = {**(row.payload or {}), "user": user} if row.payload else row.payload
+        row.payload = without_raw_personal_data(row.payload)
         row.personal_data_purged_at = now
         batch.append(row)
         if len(batch) >= 500:
@@ -464,7 +462,20 @@ def purge_personal_data(now=None, retention_days=None):
 
     purged += CheckoutContext.objects.filter(
         captured_at__lt=cutoff, personal_data_purged_at__isnull=True
-    ).update(ip=None, user_agent="", personal_data_purged_at=now)
+    ).update(ip=None, user_agent="", page_url="", referrer="", personal_data_purged_at=now)
+    return purged
+
+
+def without_raw_personal_data(payload):
+    """An Events API item without what is kept raw only for delivery: ip, user agent, page."""
+    if not payload:
+        return payload
+    user = dict(payload.get("user") or {})
+    user.pop("ip", None)
+    user.pop("user_agent", None)
+    purged = {**payload, "user": user}
+    # The page's address (and its referrer) can say who the shopper is even when stripped.
+    purged.pop("page", None)
     return purged
 
 

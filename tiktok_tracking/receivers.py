@@ -9,7 +9,8 @@ from django.db.models import Subquery
 from django.utils import timezone
 
 from tiktok_tracking import conf, statements
-from tiktok_tracking.adapters import get_adapter_class
+from tiktok_tracking.adapters import clean_order_id, get_adapter_class
+from tiktok_tracking.boundaries import fit_fields
 from tiktok_tracking.charges import apply_charge, charge_suffix
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.context import (
@@ -85,31 +86,40 @@ def _record(
     if not pixel_ids:
         return []
     try:
-        order_id = adapter.order_id()
+        order_id = clean_order_id(adapter.order_id())
         event_id_suffix = charge_suffix(charge, event_id_suffix)
         event_id = event_id_for(event_name, order_id, event_id_suffix)
     except Exception as exc:
         reason = _unreadable_order(exc, "its id")
         return _record_unidentified(event_name, order, pixel_ids, reason, now)
 
-    recorded = _insert_once(
-        pixel_ids,
-        event_name,
-        event_id,
-        partial(
-            _event_fields,
-            adapter,
-            event_name=event_name,
-            event_id=event_id,
-            order_id=order_id,
-            request=request,
-            context=context,
-            snapshot=snapshot,
-            suffix=event_id_suffix,
-            charge=charge,
-            now=now,
-        ),
+    build_fields = partial(
+        _event_fields,
+        adapter,
+        event_name=event_name,
+        event_id=event_id,
+        order_id=order_id,
+        request=request,
+        context=context,
+        snapshot=snapshot,
+        suffix=event_id_suffix,
+        charge=charge,
+        now=now,
     )
+    try:
+        recorded = _insert_once(pixel_ids, event_name, event_id, build_fields)
+    except Exception as exc:
+        # Whatever the order holds, a paid order leaves a row: a failed one that names the
+        # reason, so the admin and the reconcile command show it and it can be resent once
+        # the data is fixed.
+        logger.exception("Could not record the TikTok %s event of an order in full", event_name)
+        reason = f"Could not record the event: {type(exc).__name__}: {exc}"
+        recorded = _insert_once(
+            pixel_ids,
+            event_name,
+            event_id,
+            partial(_failed_fields, event_name, event_id, order_id, reason, now),
+        )
     new = [
         row.pk for row, created in recorded if created and row.status == TrackedEvent.Status.PENDING
     ]
@@ -178,7 +188,8 @@ def _insert_once(pixel_ids, event_name, event_id, build_fields):
 def _insert_row(pixel_id, fields):
     from tiktok_tracking.models import BrowserReceipt, TrackedEvent
 
-    values = {**fields, "pixel_id": pixel_id}
+    # Every text cut to its column: on PostgreSQL a value too long would fail the INSERT.
+    values = fit_fields(TrackedEvent, {**fields, "pixel_id": pixel_id})
     receipt = (pixel_id, fields["event"], fields["event_id"])
     using = router.db_for_write(TrackedEvent)
     # The thank-you page's receipt may have come first (a webhook often arrives later): read by
@@ -294,7 +305,6 @@ def _event_fields(
 
 def _record_unidentified(event_name, order, pixel_ids, reason, now):
     """Failed rows for an order whose id cannot make an event_id, so the admin shows it."""
-    from tiktok_tracking.models import TrackedEvent
 
     # A saved order keeps its key, so a repeated signal finds the same row; anything else gets
     # a row of its own.
@@ -309,18 +319,25 @@ def _record_unidentified(event_name, order, pixel_ids, reason, now):
         pixel_ids,
         event_name,
         event_id,
-        lambda: {
-            "event": event_name,
-            "event_id": event_id,
-            "order_id": event_id,
-            "event_time": now,
-            "next_attempt_at": now,
-            "status": TrackedEvent.Status.FAILED,
-            "payload": {},
-            "last_error": reason,
-        },
+        partial(_failed_fields, event_name, event_id, event_id, reason, now),
     )
     return [row for row, _created in recorded]
+
+
+def _failed_fields(event_name, event_id, order_id, reason, now):
+    """The fields of a row that is kept, failed with ``reason``, and never sent as it is."""
+    from tiktok_tracking.models import TrackedEvent
+
+    return {
+        "event": event_name,
+        "event_id": event_id,
+        "order_id": order_id,
+        "event_time": now,
+        "next_attempt_at": now,
+        "status": TrackedEvent.Status.FAILED,
+        "payload": {},
+        "last_error": reason,
+    }
 
 
 def enqueue_delivery(tracked_event_ids):

@@ -59,7 +59,7 @@ def purge_personal_data():
     """Blank raw ip and user agent on rows older than RETENTION_DAYS."""
     purged = delivery.purge_personal_data()
     if purged:
-        logger.info("TikTok purge: raw ip/user agent removed from %d row(s)", purged)
+        logger.info("TikTok purge: raw ip/user agent/page removed from %d row(s)", purged)
 
 
 @shared_task(name="tiktok_tracking.refresh_rollups", acks_late=True, ignore_result=True)

@@ -24,6 +24,14 @@ def _clean_source(value):
     return source or "banner"
 
 
+def declared_length(header):
+    """The request's Content-Length as a number (0 when absent), or None when malformed."""
+    if header in (None, ""):
+        return 0
+    # int() would also take " 12", "+12" and "1_2": only plain digits are a length.
+    return int(header) if header.isascii() and header.isdigit() else None
+
+
 def _error(status, message):
     return JsonResponse({"ok": False, "error": message}, status=status)
 
@@ -85,7 +93,9 @@ def _consent_state(request):
 @require_POST
 def receipt(request):
     """Accept the thank-you page's report that the pixel fired an event."""
-    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    length = declared_length(request.META.get("CONTENT_LENGTH"))
+    if length is None:
+        return _error(400, "invalid Content-Length")
     if length > MAX_RECEIPT_BYTES:
         return _error(413, "receipt too large")
     body = request.read(MAX_RECEIPT_BYTES + 1)

@@ -1,6 +1,7 @@
 """The visitor behind a request: first-party id, consent, country, client ip, click id."""
 
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ TTCLID_COOKIE = "ttclid"
 TTP_COOKIE = "_ttp"
 ONE_YEAR = 365 * 24 * 3600
 MAX_COOKIE_VALUE = 512
+# The ids this app issues (token_urlsafe); anything else in the cookie was not set by it.
+_VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass
@@ -51,7 +54,7 @@ def get_visitor(request):
 
 
 def read_visitor(request):
-    visitor_id = clean_cookie(request.COOKIES.get(VISITOR_COOKIE))
+    visitor_id = valid_visitor_id(request.COOKIES.get(VISITOR_COOKIE))
     return Visitor(
         visitor_id=visitor_id or secrets.token_urlsafe(16),
         is_new=not visitor_id,
@@ -61,6 +64,17 @@ def read_visitor(request):
         ttclid=clean_cookie(request.GET.get(TTCLID_PARAM))
         or clean_cookie(request.COOKIES.get(TTCLID_COOKIE)),
     )
+
+
+def valid_visitor_id(value):
+    """The visitor cookie's id if it is one this app could have issued, else None.
+
+    A forged or mangled cookie gets the visitor a fresh id: it must never reach the columns
+    (64 characters) it is stored in, nor stop the checkout that stores it.
+    """
+    if value and _VISITOR_ID.fullmatch(value):
+        return value
+    return None
 
 
 def clean_cookie(value):
@@ -105,8 +119,8 @@ def resolve_country(request):
     header = conf.get("COUNTRY_HEADER")
     if not country and header:
         country = request.META.get(header)
-    country = (country or "").strip().upper()
-    return country if len(country) == 2 and country.isalpha() else None
+    country = country.strip().upper() if isinstance(country, str) else ""
+    return country if len(country) == 2 and country.isascii() and country.isalpha() else None
 
 
 def client_ip(remote_addr, forwarded_for, trusted_proxies):
@@ -136,6 +150,11 @@ def client_ip(remote_addr, forwarded_for, trusted_proxies):
 
 def _valid_ip(value):
     try:
-        return str(ipaddress.ip_address(value)) if value else None
+        ip = ipaddress.ip_address(value) if value else None
     except ValueError:
         return None
+    # A zone id ("fe80::1%eth0") names an interface of the shopper's own machine: no column
+    # (PostgreSQL's inet) nor TikTok takes it.
+    if ip is None or getattr(ip, "scope_id", None):
+        return None
+    return str(ip)
