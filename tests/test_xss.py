@@ -20,6 +20,7 @@ from tests.test_template_tags import (
 )
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import get_adapter_class
+from tiktok_tracking.boundaries import storable_text
 from tiktok_tracking.events import order_properties, read_order
 from tiktok_tracking.receipts import read_receipt_token
 from tiktok_tracking.script_json import script_json
@@ -195,7 +196,8 @@ def test_track_with_a_hostile_order_round_trips(hostile):
 
     assert_contained(html, 1)
     [[_event, properties, _options]] = call_arguments(html, "ttq.track")
-    assert properties["contents"][0]["content_name"] == f"x{hostile}x"
+    # Names reach both lanes storable (no NUL, no lone surrogate): the same text everywhere.
+    assert properties["contents"][0]["content_name"] == storable_text(f"x{hostile}x")
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)
@@ -208,8 +210,8 @@ def test_purchase_product_names_and_ids_round_trip(hostile):
     [[_event, properties, options]] = call_arguments(html, "ttq.track")
     assert properties == order_properties(order_facts(order))
     [content] = properties["contents"]
-    assert content["content_name"] == f"x{hostile}x"
-    assert content["content_id"] == f"sku{hostile}".strip()
+    assert content["content_name"] == storable_text(f"x{hostile}x")
+    assert content["content_id"] == storable_text(f"sku{hostile}").strip()
     assert options == {"event_id": "order_1007"}
 
 
@@ -291,7 +293,7 @@ def test_any_product_name_round_trips_and_never_breaks_out(name):
     assert_contained(html, 1)
     [[_event, properties, _options]] = call_arguments(html, "ttq.track")
     assert properties == order_properties(order_facts(order))
-    expected_name = name.strip()
+    expected_name = storable_text(name).strip()
     if expected_name:
         assert properties["contents"][0]["content_name"] == expected_name
     else:

@@ -48,10 +48,20 @@ def purchase_calls(queue):
     return [entry for entry in queue if entry[:2] == ["track", "Purchase"]]
 
 
+def load_the_sandbox_pixel(settings, sandbox):
+    """Point the pixel at the sandbox's events.js: a receipt needs the pixel's script running."""
+    from tiktok_tracking.sandbox.server import PIXEL_SCRIPT_PATH
+
+    url = sandbox.url + PIXEL_SCRIPT_PATH
+    settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "PIXEL_SCRIPT_URL": url}
+    return url
+
+
 @pytest.mark.django_db(transaction=True)
 def test_pixel_and_server_send_the_same_event_id_and_the_receipt_arrives(
-    browser, live_server, sandbox, start_worker
+    browser, live_server, sandbox, start_worker, settings
 ):
+    load_the_sandbox_pixel(settings, sandbox)
     start_worker()
     open_shop_in_germany(browser, live_server)
     choose(browser, "grant")

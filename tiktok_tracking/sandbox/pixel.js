@@ -5,7 +5,9 @@
  * only watches it: the entries queued so far are walked once, then ttq.push is wrapped so
  * the stubs' later calls are seen too. Each track/page call is posted to the sandbox that
  * served this script, honouring holdConsent / grantConsent / revokeConsent like the real
- * pixel. ES5 only, so it runs wherever the base code itself runs.
+ * pixel, and each ready(callback) is called once the script has started, after the calls
+ * queued before it, as TikTok's script does. ES5 only, so it runs wherever the base code
+ * itself runs.
  */
 (function (w, d) {
   "use strict";
@@ -124,10 +126,25 @@
       case "page":
         deliver(["page", "Pageview", entry[1], entry[2]]);
         break;
+      case "ready":
+        if (typeof entry[1] === "function") callLater(entry[1]);
+        break;
       default:
         // identify, debug, on, ... have nothing to report to the sandbox.
         break;
     }
+  }
+
+  function callLater(callback) {
+    // As TikTok's script does: never inside the page's own ttq.ready() call, and whether or
+    // not consent lets it send yet (the page's callback decides what that means for it).
+    w.setTimeout(function () {
+      try {
+        callback();
+      } catch (error) {
+        // The page's callback failing is the page's business, not the pixel's.
+      }
+    }, 0);
   }
 
   function catchUp() {
