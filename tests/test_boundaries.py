@@ -245,3 +245,11 @@ def test_malformed_content_length_on_the_receipt_endpoint_is_a_400(length):
     )
     assert response.status_code == 400
     assert response.json() == {"ok": False, "error": "invalid Content-Length"}
+
+
+@pytest.mark.parametrize("value", ["jane\ud800@example.com", "\udfff", "id-\ud83d"])
+def test_a_match_key_with_a_lone_surrogate_is_left_out_not_raised(value):
+    from tiktok_tracking.hashing import hash_email, hash_external_id
+
+    assert hash_email(value) is None
+    assert hash_external_id(value) is None

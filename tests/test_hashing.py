@@ -3,9 +3,11 @@
 import hashlib
 import re
 
+import phonenumbers
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from phonenumbers import PhoneNumberFormat
 
 from tiktok_tracking.hashing import (
     hash_email,
@@ -24,6 +26,12 @@ ABC_SHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 ascii_emails = st.from_regex(r"[a-z0-9._%+-]{1,20}@[a-z0-9-]{1,20}\.[a-z]{2,6}", fullmatch=True)
 # Country code and subscriber number together: 7 to 15 digits, no leading 0 (E.164).
 e164_digits = st.from_regex(r"[1-9][0-9]{6,14}", fullmatch=True)
+# phonenumbers' example numbers, every region, as E.164 digits without the "+".
+example_e164_digits = st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)).map(
+    lambda region: phonenumbers.format_number(
+        phonenumbers.example_number(region), PhoneNumberFormat.E164
+    )[1:]
+)
 whitespace = st.text(alphabet=" \t\n", max_size=3)
 
 
@@ -74,20 +82,21 @@ def test_normalize_email(raw, expected):
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"),
+    ("raw", "country", "expected"),
     [
-        ("+14155550100", "+14155550100"),
-        ("+1 (415) 555-0100", "+14155550100"),
-        ("0014155550100", "+14155550100"),
-        ("00 44 20 7946 0958", "+442079460958"),
-        ("  +44.20.7946.0958  ", "+442079460958"),
-        (14155550100, "+14155550100"),
-        ("+1234567", "+1234567"),
-        ("+123456789012345", "+123456789012345"),
+        ("+14155550100", None, "+14155550100"),
+        ("+1 (415) 555-0100", None, "+14155550100"),
+        ("0014155550100", None, "+14155550100"),
+        ("00 44 20 7946 0958", None, "+442079460958"),
+        ("  +44.20.7946.0958  ", None, "+442079460958"),
+        (14155550100, "US", "+14155550100"),
+        ("(415) 555-0100", "US", "+14155550100"),
+        ("07700 900123", "GB", "+447700900123"),
+        ("+683 4002", None, "+6834002"),  # Niue: 7 digits in all
     ],
 )
-def test_normalize_phone_gives_e164(raw, expected):
-    assert normalize_phone(raw) == expected
+def test_normalize_phone_gives_e164(raw, country, expected):
+    assert normalize_phone(raw, country) == expected
 
 
 @pytest.mark.parametrize(
@@ -98,8 +107,10 @@ def test_normalize_phone_gives_e164(raw, expected):
         "   ",
         "call me",
         "+123456",  # 6 digits: too short
+        "+1234567",  # too short for the US
         "+1234567890123456",  # 16 digits: longer than E.164 allows
         "07700 900123",  # national trunk prefix, country unknown
+        "4155550100",  # no country code, country unknown
     ],
 )
 def test_normalize_phone_returns_none_rather_than_raise(raw):
@@ -186,7 +197,7 @@ def test_common_phone_formats_share_one_hash():
 
 
 @given(
-    digits=e164_digits,
+    digits=example_e164_digits,
     separators=st.lists(st.sampled_from([" ", "-", ".", "(", ")", "/"]), min_size=15, max_size=15),
 )
 def test_phone_formats_of_one_number_share_one_hash(digits, separators):

@@ -75,15 +75,17 @@ def read_order(adapter, *, match_keys=True) -> OrderFacts:
     value = clean_value(adapter.value())
     currency = clean_currency(adapter.currency())
     contents = tuple(clean_contents(adapter.contents()))
+    country = _country_or_none(adapter)
     if match_keys:
         hashed = (
             hash_email(adapter.email()),
-            hash_phone(adapter.phone()),
+            # Customers type their number as they dial it at home: "(415) 555-2671" on a US order.
+            hash_phone(adapter.phone(), country),
             hash_external_id(adapter.external_id()),
         )
     else:
         hashed = (None, None, None)
-    return OrderFacts(order_id, value, currency, contents, *hashed, _country_or_none(adapter))
+    return OrderFacts(order_id, value, currency, contents, *hashed, country)
 
 
 def _country_or_none(adapter):
@@ -180,7 +182,7 @@ def build_event(
     # Hashing is idempotent on digests, and guards against a raw value put into OrderFacts by hand.
     user = {
         "email": hash_email(facts.email_sha256),
-        "phone": hash_phone(facts.phone_sha256),
+        "phone": hash_phone(facts.phone_sha256, facts.country),
         "external_id": hash_external_id(facts.external_id_sha256),
         # TikTok wants these raw: hashing them would make them useless for matching.
         "ttclid": context.ttclid,

@@ -2,12 +2,15 @@
 
 import hashlib
 import re
+from functools import partial
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_NON_DIGITS = re.compile(r"[^0-9]")
 
-# E.164 allows at most 15 digits; fewer than 7 cannot be a reachable number anywhere.
-PHONE_MIN_DIGITS = 7
+# E.164 allows at most 15 digits after the "+". phonenumbers calls a few longer dialling strings
+# possible (Japan's carrier prefixes, for one); nobody is reached at those from abroad.
 PHONE_MAX_DIGITS = 15
 
 
@@ -31,26 +34,47 @@ def normalize_email(value) -> str | None:
     return email
 
 
-def normalize_phone(value) -> str | None:
-    """``value`` in E.164 form (``+`` and digits), or None when it cannot be one.
+def normalize_phone(value, country=None) -> str | None:
+    """``value`` in E.164 form (``+`` and digits), or None when it is not a possible number.
 
-    Match-key normalisers return None rather than raise: a badly typed phone number must never
-    cost the shop its purchase event.
+    ``country`` is the order's ISO 3166-1 alpha-2 code: a number typed without a country code
+    is read as that country's (``(415) 555-2671`` in the US is ``+14155552671``). Without it
+    only a number written with ``+`` or ``00`` can be read. Match-key normalisers return None
+    rather than raise: a badly typed phone number must never cost the shop its purchase event.
     """
     if value is None:
         return None
     raw = str(value).strip()
-    digits = _NON_DIGITS.sub("", raw)
-    # "00" is the international call prefix in most of the world: "0044..." means "+44...".
-    if not raw.startswith("+") and digits.startswith("00"):
-        digits = digits[2:]
-    if not PHONE_MIN_DIGITS <= len(digits) <= PHONE_MAX_DIGITS:
+    number = _possible_phone_number(raw, _phone_region(country))
+    if number is None and raw.startswith("00"):
+        # 00 is the international prefix of most of the world, so customers type it even where
+        # the order's country dials out with another (011 in the US) or the country is unknown;
+        # phonenumbers reads only the region's own prefix. Tried second, so a region that reads
+        # the number as its own keeps it.
+        number = _possible_phone_number("+" + raw[2:], None)
+    if number is None:
         return None
-    # No country calling code starts with 0, so a leading 0 is a national trunk prefix
-    # ("07700 900123") whose country we cannot know; its hash could never match anyone.
-    if digits.startswith("0"):
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    return e164 if len(e164) - 1 <= PHONE_MAX_DIGITS else None
+
+
+def _phone_region(country):
+    # phonenumbers knows regions by uppercase code only; anything else reads as no region.
+    return country.strip().upper() if isinstance(country, str) else None
+
+
+def _possible_phone_number(raw, region):
+    try:
+        number = phonenumbers.parse(raw, region)
+    except NumberParseException:
         return None
-    return "+" + digits
+    # Possible, not valid: validity checks the ranges allocated when this phonenumbers release
+    # was cut, and a new range would drop real customers, while a possible but unallocated
+    # number only hashes to a digest nobody matches. is_possible_number() would also accept
+    # IS_POSSIBLE_LOCAL_ONLY ("555-2671", no area code), whose E.164 form is someone else's.
+    if phonenumbers.is_possible_number_with_reason(number) != ValidationResult.IS_POSSIBLE:
+        return None
+    return number
 
 
 def normalize_external_id(value) -> str | None:
@@ -69,7 +93,13 @@ def _hash_match_key(value, normalize) -> str | None:
     if is_sha256_hex(candidate):
         return candidate.lower()
     normalized = normalize(candidate)
-    return sha256_hex(normalized) if normalized is not None else None
+    if normalized is None:
+        return None
+    try:
+        return sha256_hex(normalized)
+    except UnicodeEncodeError:
+        # A lone surrogate has no UTF-8 form: nobody's email or id, so nothing to match on.
+        return None
 
 
 def hash_email(value) -> str | None:
@@ -77,9 +107,12 @@ def hash_email(value) -> str | None:
     return _hash_match_key(value, normalize_email)
 
 
-def hash_phone(value) -> str | None:
-    """The SHA-256 hex of the E.164 phone number, a given digest lowercased, or None."""
-    return _hash_match_key(value, normalize_phone)
+def hash_phone(value, country=None) -> str | None:
+    """The SHA-256 hex of the E.164 phone number, a given digest lowercased, or None.
+
+    ``country``, the order's ISO code, is the region of a number typed without a country code.
+    """
+    return _hash_match_key(value, partial(normalize_phone, country=country))
 
 
 def hash_external_id(value) -> str | None:

@@ -19,7 +19,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import get_language
 
 from tiktok_tracking import conf
-from tiktok_tracking.adapters import clean_value, get_adapter_class
+from tiktok_tracking.adapters import clean_country, clean_value, get_adapter_class
 from tiktok_tracking.charges import apply_charge, charge_suffix
 from tiktok_tracking.events import event_id_for, is_valid_event_name, order_properties, read_order
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
@@ -150,12 +150,25 @@ def _adapter(order):
 # {% tiktok_pixel %} ---------------------------------------------------------------------------
 
 
+def _phone_country(request, country):
+    """Where a phone number typed without a country code is read: the customer's ``country``
+    (an ISO code, or a django-countries value) when the shop passes a readable one, else the
+    visitor's."""
+    try:
+        # The server lane reads the order's country: passing the same one gives the same digest.
+        country = clean_country(getattr(country, "code", country) or None)
+    except InvalidOrderData:
+        country = None
+    return country or get_visitor(request).country
+
+
 @register.simple_tag(takes_context=True)
-def tiktok_pixel(context, email=None, phone=None, external_id=None):
+def tiktok_pixel(context, email=None, phone=None, external_id=None, country=None):
     """The TikTok base code, consent calls, ``ttq.load``, ``ttq.page`` and ``tiktokTracking``.
 
     ``email``, ``phone`` and ``external_id`` of a known customer are sent hashed with
-    ``ttq.identify`` when consent allows; the raw values never reach the page.
+    ``ttq.identify`` when consent allows; the raw values never reach the page. ``country`` is
+    the customer's, for a phone number typed without a country code.
     """
     request, decision, off_reason, pixel_ids = _browser_lane(context)
     if off_reason:
@@ -165,7 +178,7 @@ def tiktok_pixel(context, email=None, phone=None, external_id=None):
     if decision.allowed:
         hashed = (
             ("sha256_email", hash_email(email or None)),
-            ("sha256_phone_number", hash_phone(phone or None)),
+            ("sha256_phone_number", hash_phone(phone or None, _phone_country(request, country))),
             ("external_id", hash_external_id(external_id if external_id != "" else None)),
         )
         identity = {key: value for key, value in hashed if value}
