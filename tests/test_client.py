@@ -7,13 +7,18 @@ import requests
 
 from tiktok_tracking.client import (
     DELIVERED,
+    MAX_ANSWER_BYTES,
+    MAX_MESSAGE_LENGTH,
+    MAX_REQUEST_ID_LENGTH,
     PERMANENT,
     TRANSIENT,
+    UNKNOWN_ANSWER_MAX_ATTEMPTS,
     EventsApiClient,
     Outcome,
     classify_response,
 )
 from tiktok_tracking.exceptions import PermanentApiError, TransientApiError
+from tiktok_tracking.standards import CODE_INTERNAL_ERROR, CODE_SERVICE_UNAVAILABLE
 
 
 def envelope(code, message="", request_id="req-1"):
@@ -24,10 +29,16 @@ def envelope(code, message="", request_id="req-1"):
     "status, body, kind, code",
     [
         (200, envelope(0, "OK"), DELIVERED, 0),
+        (200, envelope(20001, "Partial success"), DELIVERED, 20001),
         (200, envelope(40001, "No permission"), PERMANENT, 40001),
         (200, envelope(40002, "data.0.event_id: Not a valid string."), PERMANENT, 40002),
         (200, envelope(40100, "Too many requests"), TRANSIENT, 40100),
-        (200, envelope(51234, "Something new"), PERMANENT, 51234),
+        (200, envelope(CODE_INTERNAL_ERROR, "Internal error"), TRANSIENT, 50000),
+        (200, envelope(CODE_SERVICE_UNAVAILABLE, "Service unavailable"), TRANSIENT, 50002),
+        (200, envelope(51234, "Something new"), TRANSIENT, 51234),
+        (200, envelope(12345, "Something else"), TRANSIENT, 12345),
+        (200, envelope(2**31 + 1, "Too big to store"), TRANSIENT, None),
+        (200, envelope(True, "Not a number"), TRANSIENT, None),
         (200, "<html>proxy error</html>", TRANSIENT, None),
         (200, json.dumps({"message": "no code"}), TRANSIENT, None),
         (200, json.dumps({"code": "0"}), TRANSIENT, None),
@@ -50,6 +61,44 @@ def test_a_200_with_a_non_zero_code_is_never_delivered():
         assert not classify_response(200, envelope(code).encode()).delivered
 
 
+@pytest.mark.parametrize("code", [12345, 2**31 + 1, "0", None])
+def test_answers_the_app_cannot_place_are_retried_a_bounded_number_of_times(code):
+    outcome = classify_response(200, envelope(code, "new").encode())
+    assert outcome.kind == TRANSIENT
+    assert outcome.max_attempts == UNKNOWN_ANSWER_MAX_ATTEMPTS
+    # The whole answer is kept, the raw code quoted when it cannot be stored.
+    assert '"request_id":"req-1"' in outcome.message
+    assert json.dumps(code) in outcome.message
+
+
+@pytest.mark.parametrize("code", [0, 20001, 40001, 40002, 40100, 50000, 50002])
+def test_documented_codes_are_retried_as_long_as_the_window_allows(code):
+    assert classify_response(200, envelope(code).encode()).max_attempts is None
+
+
+def test_every_field_of_an_answer_fits_its_column_and_hides_the_token(settings):
+    token = settings.TIKTOK_TRACKING["ACCESS_TOKEN"]
+    body = envelope(40001, f"bad\x00 {token} " + "m" * 5000, f"{token}\x00\x07" + "r" * 300)
+    outcome = classify_response(200, body.encode(), secrets=["another-token-abc"])
+    assert token not in outcome.message + outcome.request_id
+    assert "\x00" not in outcome.message + outcome.request_id
+    assert outcome.request_id.isprintable()
+    assert len(outcome.request_id) == MAX_REQUEST_ID_LENGTH
+    assert len(outcome.message) == MAX_MESSAGE_LENGTH
+    assert outcome.message.startswith("bad (secret) mmm")
+    other = classify_response(
+        503, b"upstream says another-token-abc", secrets=["another-token-abc"]
+    )
+    assert "another-token-abc" not in other.message
+
+
+def test_partial_success_keeps_the_whole_answer():
+    body = json.dumps({"code": 20001, "message": "Partial", "data": {"failed": [{"index": 2}]}})
+    outcome = classify_response(200, body.encode())
+    assert outcome.delivered
+    assert '"failed":[{"index":2}]' in outcome.message
+
+
 def test_request_id_and_message_are_kept():
     outcome = classify_response(200, envelope(40002, "data.3.user.email: bad", "abc123").encode())
     assert outcome.request_id == "abc123"
@@ -59,6 +108,17 @@ def test_request_id_and_message_are_kept():
 def test_unreadable_bodies_are_truncated_for_the_admin():
     outcome = classify_response(200, b"x" * 10_000)
     assert len(outcome.message) < 2100
+
+
+def test_an_answer_too_long_is_not_read_whole(sandbox):
+    huge = envelope(0, "x" * (4 * MAX_ANSWER_BYTES))
+    sandbox.program([{"status": 200, "body": huge}])
+    client = EventsApiClient(sandbox.events_url, "test-access-token-0123456789", timeout=5)
+    outcome = client.send(body_for())
+    assert outcome.kind == TRANSIENT
+    assert outcome.max_attempts == UNKNOWN_ANSWER_MAX_ATTEMPTS
+    assert "not read whole" in outcome.message
+    assert len(outcome.message) <= MAX_MESSAGE_LENGTH
 
 
 def test_outcome_raises_the_matching_error_without_the_token():

@@ -130,6 +130,14 @@ def test_a_programmed_40001_fails(sandbox):
     assert "Verdict: rejected" in out
 
 
+def test_an_answer_echoing_the_token_is_printed_without_it(sandbox):
+    sandbox.program([{"code": 40001, "message": f"Token {TOKEN} is invalid." + "!" * 5000}])
+    message, out = run_failing("tiktok_check", "--send-test-event", "--test-event-code", "T1")
+    assert "Token (secret) is invalid." in out
+    assert TOKEN not in message + out
+    assert len(message) < 2000
+
+
 def test_a_server_error_is_reported_as_transient(sandbox):
     sandbox.program([{"status": 503}])
     message, out = run_failing("tiktok_check", "--send-test-event", "--test-event-code", "T1")

@@ -55,12 +55,24 @@ def test_valid_configuration_passes_checks():
         ({"MAX_RETRY_HOURS": 48}, "tiktok_tracking.E007"),
         ({"TIMEOUT": -1}, "tiktok_tracking.E008"),
         ({"LEASE_SECONDS": 10, "TIMEOUT": 10}, "tiktok_tracking.E009"),
+        ({"LEASE_SECONDS": 5, "TIMEOUT": 2.0}, "tiktok_tracking.E009"),
         ({"PIXELID": "x"}, "tiktok_tracking.W001"),
     ],
 )
 def test_misconfiguration_is_reported(overrides, expected):
     with tracking(**overrides):
         assert expected in ids(checks.check_settings())
+
+
+def test_the_lease_is_compared_with_the_worst_case_of_the_pipeline():
+    # Two batches in flight, each request ending within TIMEOUT, and a second to record.
+    with tracking(LEASE_SECONDS=21.5, TIMEOUT=10.0):
+        assert checks.check_settings() == []
+    with tracking(LEASE_SECONDS=21, TIMEOUT=10.0):
+        [error] = checks.check_settings()
+    assert error.id == "tiktok_tracking.E009"
+    assert "must exceed 21 s" in error.msg
+    assert "2 batches in flight" in error.msg
 
 
 @pytest.mark.parametrize(

@@ -315,14 +315,35 @@ def test_one_bad_event_does_not_sink_its_batch(sandbox):
 
 
 @pytest.mark.django_db
-def test_unlocated_parameter_error_is_narrowed_down_by_halving(sandbox):
+def test_unlocated_parameter_error_splits_once_and_sends_the_refused_half_again(sandbox):
     _rows(4)
     sandbox.program(
         [
             {"code": 40002, "message": "Invalid batch"},
             {"code": 40002, "message": "Invalid batch"},  # first half: order_0, order_1
+            {"code": 0},  # second half: order_2, order_3
+        ]
+    )
+    delivery.deliver_due_events()
+    statuses = dict(TrackedEvent.objects.values_list("event_id", "status"))
+    # Neither event of the refused half is failed for the other: both are sent again.
+    assert statuses == {
+        "order_0": Status.PENDING,
+        "order_1": Status.PENDING,
+        "order_2": Status.DELIVERED,
+        "order_3": Status.DELIVERED,
+    }
+    assert (
+        "code 40002, Not narrowed further"
+        in TrackedEvent.objects.get(event_id="order_0").last_error
+    )
+
+    TrackedEvent.objects.filter(status=Status.PENDING).update(next_attempt_at=timezone.now())
+    sandbox.program(
+        [
+            {"code": 40002, "message": "Invalid batch"},
             {"code": 0},  # order_0
-            {"code": 40002, "message": "Invalid event"},  # order_1
+            {"code": 40002, "message": "Invalid event"},  # order_1, alone: the one at fault
         ]
     )
     delivery.deliver_due_events()

@@ -205,15 +205,33 @@ def _check_numbers():
                 _error("E008", f"{conf.SETTING_NAME}[{key!r}] must be a positive number.")
             )
             return errors
-    if conf.get("LEASE_SECONDS") <= 2 * conf.get("TIMEOUT"):
-        errors.append(
-            _error(
-                "E009",
-                f"{conf.SETTING_NAME}['LEASE_SECONDS'] must exceed twice TIMEOUT, or the "
-                "sweeper will take rows back from workers that are still sending them.",
-            )
-        )
+    errors.extend(_check_lease())
     return errors
+
+
+def _check_lease():
+    """E009: the lease outlasts the longest a claimed batch's request can take to be answered
+    and recorded, else every such request would be skipped (and the batch retried)."""
+    from tiktok_tracking.delivery import IN_FLIGHT_BATCHES, RECORDING_MARGIN_SECONDS
+
+    lease, timeout = conf.get("LEASE_SECONDS"), conf.get("TIMEOUT")
+    # The worst case: a batch's request waits behind the one before it, each ending within
+    # TIMEOUT (the whole request), then its answer is recorded.
+    needed = IN_FLIGHT_BATCHES * timeout + RECORDING_MARGIN_SECONDS
+    if lease > needed:
+        return []
+    return [
+        _error(
+            "E009",
+            f"{conf.SETTING_NAME}['LEASE_SECONDS'] = {lease!r} must exceed {needed:g} s: a "
+            f"claimed batch's request may wait behind the previous batch's ({IN_FLIGHT_BATCHES} "
+            f"batches in flight, one request each), each ending within TIMEOUT ({timeout:g} s, "
+            f"the whole request), and its answer needs {RECORDING_MARGIN_SECONDS:g} s to be "
+            "recorded. A request the lease cannot cover is not sent but retried later; "
+            "narrowing requests after a 40002 are sent only while the lease covers them.",
+            hint="Raise LEASE_SECONDS or lower TIMEOUT.",
+        )
+    ]
 
 
 def check_consent_settings(app_configs=None, **kwargs):

@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from tiktok_tracking import conf
+from tiktok_tracking import conf, redaction
 from tiktok_tracking.config_log import record_config_if_changed
 from tiktok_tracking.events import MATCH_KEYS
 from tiktok_tracking.models import BrowserReceipt, ConfigChange, DailyRollup, TrackedEvent
@@ -208,15 +208,7 @@ def redact(text, secrets=()):
     TikTok's messages name the bad field and an exception text may quote the bad value, so
     an example message is cleaned before the page shows it.
     """
-    text = text or ""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "(secret)")
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    if len(text) > EXAMPLE_MESSAGE_LENGTH:
-        text = text[: EXAMPLE_MESSAGE_LENGTH - 1] + "…"
-    return text
+    return redaction.redact(text, secrets, limit=EXAMPLE_MESSAGE_LENGTH, patterns=_REDACTIONS)
 
 
 def failure_rows(rows, secrets=()):

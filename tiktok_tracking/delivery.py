@@ -12,14 +12,14 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from itertools import groupby
 
-from django.db import connection, transaction
-from django.db.models import F, TextField
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Count, F, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from tiktok_tracking import conf
-from tiktok_tracking.client import DELIVERED, PERMANENT, EventsApiClient, Outcome
+from tiktok_tracking.client import DELIVERED, PERMANENT, TRANSIENT, EventsApiClient, Outcome
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.events import compact_json, encode_request_body
 from tiktok_tracking.models import CheckoutContext, ConsentRecord, DeliveryAttempt, TrackedEvent
@@ -31,6 +31,30 @@ logger = logging.getLogger(__name__)
 
 # TikTok names the rejected field by its path, e.g. "data.3.properties.value: ...".
 FAILING_ITEM = re.compile(r"\bdata\.(\d+)\b")
+
+# Requests one batch may add to its first to narrow a 40002 down to the events it blames.
+MAX_NARROWING_REQUESTS = 2
+# Batches whose requests can wait on the sender thread at once: the one on the wire and the
+# next, claimed behind it (see deliver_due_events).
+IN_FLIGHT_BATCHES = 2
+# Kept free at the end of a lease to record the answer before the sweeper may take the rows.
+RECORDING_MARGIN_SECONDS = 1.0
+# A row whose lease ran out this many times with no outcome recorded is failed, not sent again:
+# whatever kills or hangs its worker would only do it again.
+MAX_LEASE_EXPIRIES = 5
+
+LEASE_TOO_SHORT_MESSAGE = (
+    "Not sent: the lease of these events (LEASE_SECONDS) would have run out before the "
+    "request's TIMEOUT; they are sent again later."
+)
+NARROWING_STOPPED_MESSAGE = (
+    f"Not narrowed further after {1 + MAX_NARROWING_REQUESTS} requests: TikTok refused these "
+    "events in a batch for a parameter error it did not pin on them; each is sent again later, "
+    "until it is delivered or named itself. TikTok's last answer"
+)
+UNSTORABLE_ANSWER_MESSAGE = (
+    "TikTok's answer could not be stored: this outcome was recorded without it (worker log)."
+)
 
 Status = TrackedEvent.Status
 
@@ -142,6 +166,7 @@ def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
     batch_size = int(batch_size or conf.get("BATCH_SIZE"))
     max_seconds = conf.get("DRAIN_SECONDS") if max_seconds is None else max_seconds
     deadline = time.monotonic() + max_seconds
+    lease_seconds = float(conf.get("LEASE_SECONDS"))
     report = DrainReport()
     in_flight = []
     try:
@@ -149,9 +174,11 @@ def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
             sender_client = SenderThread(client, sender)
             claiming, out_of_time = True, False  # the first claim happens whatever the time
             while claiming or in_flight:
+                # Read before the claim, so the rows' lease can only end later than this says.
+                send_by = time.monotonic() + lease_seconds - RECORDING_MARGIN_SECONDS
                 rows = claim_due_events(batch_size) if claiming else []
                 report.claimed += len(rows)
-                next_flight = start_sending(rows, sender_client, report)
+                next_flight = start_sending(rows, sender_client, report, send_by)
                 finish_sending(in_flight, sender_client, report)
                 in_flight = next_flight
                 if claiming and not rows:
@@ -167,31 +194,44 @@ def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
 
 
 class SenderThread:
-    """The client's requests, made on one thread: started now, answered later."""
+    """The client's requests, made on one thread: started now, answered later.
+
+    A request is started only if it ends, at its TIMEOUT, before ``send_by`` (a
+    ``time.monotonic()`` value short of its rows' lease): queued behind other requests, it
+    may find its time gone, and is then not sent at all rather than sent twice.
+    """
 
     def __init__(self, client, executor):
         self.client = client
         self.executor = executor
 
     @sensitive_variables("access_token")
-    def start(self, data, event_count, access_token=None):
-        return self.executor.submit(self.client.send_encoded, data, event_count, access_token)
+    def start(self, data, event_count, access_token=None, *, send_by=None):
+        return self.executor.submit(self._send_by, send_by, data, event_count, access_token)
 
     @sensitive_variables("access_token")
-    def send_encoded(self, data, event_count, access_token=None):
-        return self.start(data, event_count, access_token).result()
+    def send_encoded(self, data, event_count, access_token=None, *, send_by=None):
+        return self.start(data, event_count, access_token, send_by=send_by).result()
+
+    @sensitive_variables("access_token")
+    def _send_by(self, send_by, data, event_count, access_token):
+        # Judged on this thread when the request would start, not when it was queued.
+        if send_by is not None and time.monotonic() + self.client.timeout > send_by:
+            return Outcome(TRANSIENT, message=LEASE_TOO_SHORT_MESSAGE, event_count=event_count)
+        return self.client.send_encoded(data, event_count, access_token)
 
 
-def start_sending(rows, sender, report):
-    """Put each request of the claimed rows on the wire; ``[(pixel, code, rows, future)]``."""
+def start_sending(rows, sender, report, send_by=None):
+    """Put each request of the claimed rows on the wire;
+    ``[(pixel, code, rows, future, send_by)]``."""
     in_flight = []
     for pixel, test_event_code, group in sendable_groups(rows, report):
         if pixel is None:
             # Rows of a pixel taken out of the settings: failed, and resendable once it is back.
             record_outcome(group, unconfigured_pixel(group[0].pixel_id, len(group)), report)
             continue
-        future = sender.start(*_request(pixel, test_event_code, group))
-        in_flight.append((pixel, test_event_code, group, future))
+        future = sender.start(*_request(pixel, test_event_code, group), send_by=send_by)
+        in_flight.append((pixel, test_event_code, group, future, send_by))
     return in_flight
 
 
@@ -202,8 +242,10 @@ def unconfigured_pixel(pixel_id, event_count):
 
 def finish_sending(in_flight, sender, report):
     """Record the answers of requests started by :func:`start_sending`."""
-    for pixel, test_event_code, group, future in in_flight:
-        send_group(sender, pixel, test_event_code, group, report, outcome=future.result())
+    for pixel, test_event_code, group, future, send_by in in_flight:
+        send_group(
+            sender, pixel, test_event_code, group, report, outcome=future.result(), send_by=send_by
+        )
 
 
 def sendable_groups(rows, report):
@@ -266,31 +308,123 @@ def _request(pixel, test_event_code, rows):
     return body, len(rows), pixel.access_token
 
 
-def send_group(client, pixel, test_event_code, rows, report, *, outcome=None):
-    """Send one request (unless its ``outcome`` is in) and record it; a parameter error on a
-    batch is narrowed down to the events it blames."""
-    if outcome is None:
-        outcome = client.send_encoded(*_request(pixel, test_event_code, rows))
-    report.requests += 1
-    report.outcomes.append(outcome)
-    if outcome.kind == PERMANENT and outcome.code == CODE_INVALID_PARAMETER and len(rows) > 1:
-        # One bad event must not sink the 999 good ones beside it.
+def send_group(sender, pixel, test_event_code, rows, report, *, outcome=None, send_by=None):
+    """Send one request (unless its ``outcome`` is in) and record it.
+
+    A parameter error (40002) on a batch is narrowed down to the events it blames, so that one
+    bad event does not sink the 999 good ones beside it, with at most MAX_NARROWING_REQUESTS
+    more requests: the event TikTok names is failed and the rest sent again; an answer that
+    names none splits the batch once. Events still refused beside another are never failed for
+    it: they go back to the queue like a transient error (backoff, retry window), so a batch
+    whose events all share one bad field costs three requests a round, not one per event, and
+    a good event among bad ones is delivered in a later round.
+    """
+
+    def answered(outcome):
+        report.requests += 1
+        report.outcomes.append(outcome)
+        return outcome
+
+    def send(part):
+        request = _request(pixel, test_event_code, part)
+        return answered(sender.send_encoded(*request, send_by=send_by))
+
+    outcome = send(rows) if outcome is None else answered(outcome)
+    spare = MAX_NARROWING_REQUESTS
+    while _refused_for_a_parameter(outcome) and len(rows) > 1 and spare:
+        index = failing_item_index(outcome.message)
+        if index is None or index >= len(rows):
+            if spare < 2:
+                break
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                record_narrowed(part, send(part), report)
+            return
+        rows = _fail_the_blamed(rows, index, outcome, report)
+        outcome = send(rows)
+        spare -= 1
+    record_narrowed(rows, outcome, report)
+
+
+def record_narrowed(rows, outcome, report):
+    """Record the last answer to a narrowed request: a parameter error on several events fails
+    the one it names, and sends the others again later."""
+    if _refused_for_a_parameter(outcome) and len(rows) > 1:
         index = failing_item_index(outcome.message)
         if index is not None and index < len(rows):
-            record_outcome([rows[index]], outcome, report)
-            rest = rows[:index] + rows[index + 1 :]
-            send_group(client, pixel, test_event_code, rest, report)
-        else:
-            half = len(rows) // 2
-            send_group(client, pixel, test_event_code, rows[:half], report)
-            send_group(client, pixel, test_event_code, rows[half:], report)
-        return
+            rows = _fail_the_blamed(rows, index, outcome, report)
+        outcome = replace(
+            outcome, kind=TRANSIENT, message=f"{NARROWING_STOPPED_MESSAGE}: {outcome.message}"
+        )
     record_outcome(rows, outcome, report)
 
 
+def _fail_the_blamed(rows, index, outcome, report):
+    """Record the event at ``index`` as refused with ``outcome``; the other rows."""
+    record_outcome([rows[index]], outcome, report)
+    return rows[:index] + rows[index + 1 :]
+
+
+def _refused_for_a_parameter(outcome):
+    return outcome.kind == PERMANENT and outcome.code == CODE_INVALID_PARAMETER
+
+
 def record_outcome(rows, outcome, report, now=None):
-    """Write the attempt log and move each row to delivered, failed or its next attempt."""
+    """Write the attempt log and move each row to delivered, failed or its next attempt.
+
+    Should the answer still not fit the database, the outcome is recorded without TikTok's
+    fields: rows left ``sending`` would only be sent again and again.
+    """
     now = now or timezone.now()
+    try:
+        with transaction.atomic():
+            settled = _write_outcome(rows, outcome, now)
+    except DatabaseError as exc:
+        # Only the error's type: its text may quote the value that did not fit.
+        logger.error(
+            "TikTok's answer for %d event(s) could not be stored (%s); recorded without it",
+            len(rows),
+            type(exc).__name__,
+        )
+        bare = replace(
+            outcome, http_status=None, code=None, message=UNSTORABLE_ANSWER_MESSAGE, request_id=""
+        )
+        with transaction.atomic():
+            settled = _write_outcome(rows, bare, now)
+    settled.announce(report)
+
+
+@dataclass
+class SettledRows:
+    """What recording one outcome did, reported and signalled once it is written."""
+
+    delivered: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+    exhausted: list = field(default_factory=list)
+    retrying: int = 0
+    next_retry_in: float | None = None
+    error: str = ""
+
+    def announce(self, report):
+        report.delivered += len(self.delivered)
+        report.failed += len(self.rejected) + len(self.exhausted)
+        report.retrying += self.retrying
+        if self.next_retry_in is not None and (
+            report.next_retry_in is None or self.next_retry_in < report.next_retry_in
+        ):
+            report.next_retry_in = self.next_retry_in
+        if self.delivered:
+            events_delivered.send(sender=TrackedEvent, tracked_event_ids=self.delivered)
+        if self.rejected:
+            logger.warning("TikTok rejected %d event(s): %s", len(self.rejected), self.error)
+            events_failed.send(sender=TrackedEvent, tracked_event_ids=self.rejected, permanent=True)
+        if self.exhausted:
+            events_failed.send(
+                sender=TrackedEvent, tracked_event_ids=self.exhausted, permanent=False
+            )
+
+
+def _write_outcome(rows, outcome, now):
     log_attempts(
         [row.pk for row in rows],
         attempted_at=now,
@@ -311,26 +445,39 @@ def record_outcome(rows, outcome, report, now=None):
         "claim_token": "",
         "updated_at": now,
     }
-    ids = [row.pk for row in rows]
+    settled = SettledRows(error=_error_text(outcome))
     if outcome.kind == DELIVERED:
         _update_claimed(rows, status=Status.DELIVERED, delivered_at=now, last_error="", **answer)
-        report.delivered += len(rows)
-        events_delivered.send(sender=TrackedEvent, tracked_event_ids=ids)
+        settled.delivered = [row.pk for row in rows]
     elif outcome.kind == PERMANENT:
-        _update_claimed(rows, status=Status.FAILED, last_error=_error_text(outcome), **answer)
-        report.failed += len(rows)
-        logger.warning("TikTok rejected %d event(s): %s", len(rows), _error_text(outcome))
-        events_failed.send(sender=TrackedEvent, tracked_event_ids=ids, permanent=True)
+        _update_claimed(rows, status=Status.FAILED, last_error=settled.error, **answer)
+        settled.rejected = [row.pk for row in rows]
     else:
-        schedule_retries(rows, outcome, answer, report, now)
+        schedule_retries(rows, outcome, answer, now, settled)
+    return settled
 
 
-def schedule_retries(rows, outcome, answer, report, now):
-    """Back off each row by its attempt count; rows past the retry window become failed."""
+def schedule_retries(rows, outcome, answer, now, settled):
+    """Back off each row by its attempt count; rows past the retry window, or past the attempts
+    an answer the app cannot place allows, become failed."""
     base = float(conf.get("RETRY_BASE_DELAY"))
     cap = float(conf.get("RETRY_MAX_DELAY"))
     window = timedelta(hours=float(conf.get("MAX_RETRY_HOURS")))
-    error = _error_text(outcome)
+    error = settled.error
+    if outcome.max_attempts:
+        given_up = [row for row in rows if row.attempts >= outcome.max_attempts]
+        if given_up:
+            _update_claimed(
+                given_up,
+                status=Status.FAILED,
+                last_error=(
+                    f"Given up after {outcome.max_attempts} attempts on an answer the app "
+                    f"cannot place; the last one: {error}"
+                ),
+                **answer,
+            )
+            settled.exhausted += [row.pk for row in given_up]
+            rows = [row for row in rows if row.attempts < outcome.max_attempts]
     exhausted = []
     for attempts, group in groupby(sorted(rows, key=_attempts), _attempts):
         delay = retry_delay(attempts, base, cap)
@@ -346,9 +493,9 @@ def schedule_retries(rows, outcome, answer, report, now):
                 last_error=error,
                 **answer,
             )
-            report.retrying += len(waiting)
-            if report.next_retry_in is None or delay < report.next_retry_in:
-                report.next_retry_in = delay
+            settled.retrying += len(waiting)
+            if settled.next_retry_in is None or delay < settled.next_retry_in:
+                settled.next_retry_in = delay
     if exhausted:
         _update_claimed(
             exhausted,
@@ -358,10 +505,7 @@ def schedule_retries(rows, outcome, answer, report, now):
             ),
             **answer,
         )
-        report.failed += len(exhausted)
-        events_failed.send(
-            sender=TrackedEvent, tracked_event_ids=[r.pk for r in exhausted], permanent=False
-        )
+        settled.exhausted += [row.pk for row in exhausted]
 
 
 def log_attempts(tracked_event_ids, **answer):
@@ -427,8 +571,38 @@ def _error_text(outcome):
 
 
 def expire_leases(now=None):
-    """Return rows whose worker died mid-send to the queue; returns how many."""
+    """Return rows whose worker died mid-send to the queue; returns how many.
+
+    Not every time: a row past its retry window, or whose lease has run out MAX_LEASE_EXPIRIES
+    times with no outcome recorded, is failed instead, with the reason.
+    """
     now = now or timezone.now()
+    hours = conf.get("MAX_RETRY_HOURS")
+    window = timedelta(hours=float(hours))
+    expired = TrackedEvent.objects.expired_leases(now)
+    too_late, looping = [], []
+    # Each claim counts an attempt and each recorded outcome logs one: the difference is how
+    # many claims ended with no outcome, this one included.
+    counts = expired.annotate(recorded=Count("delivery_attempts")).values_list(
+        "pk", "created_at", "attempts", "recorded"
+    )
+    for pk, created_at, attempts, recorded in counts:
+        if created_at + window <= now:
+            too_late.append(pk)
+        elif attempts - recorded >= MAX_LEASE_EXPIRIES:
+            looping.append(pk)
+    _fail_expired(
+        too_late,
+        now,
+        f"Retry window of {hours} h exhausted while a worker held the event; its lease expired "
+        "with no outcome recorded, so it is not sent again.",
+    )
+    _fail_expired(
+        looping,
+        now,
+        f"Lease expired {MAX_LEASE_EXPIRIES} times with no outcome recorded (a worker dies or "
+        "hangs on these events, see its log): not sent again.",
+    )
     return TrackedEvent.objects.expired_leases(now).update(
         status=Status.PENDING,
         claim_token="",
@@ -437,6 +611,24 @@ def expire_leases(now=None):
         last_error="Lease expired before an outcome was recorded; sending again.",
         updated_at=now,
     )
+
+
+def _fail_expired(ids, now, reason):
+    if not ids:
+        return
+    # Still expired: an outcome recorded meanwhile stands.
+    stale = TrackedEvent.objects.expired_leases(now).filter(pk__in=ids)
+    failed = list(stale.values_list("pk", flat=True))
+    stale.update(
+        status=Status.FAILED,
+        claim_token="",
+        lease_expires_at=None,
+        last_error=reason,
+        updated_at=now,
+    )
+    if failed:
+        logger.warning("TikTok sweeper: %d event(s) failed instead: %s", len(failed), reason)
+        events_failed.send(sender=TrackedEvent, tracked_event_ids=failed, permanent=False)
 
 
 def purge_personal_data(now=None, retention_days=None):

@@ -2,9 +2,16 @@
 
 # Events API response codes (TIKTOK.md): errors arrive as HTTP 200 with one of these.
 CODE_OK = 0
+# Some events accepted (unverified: RudderStack counts it as success).
+CODE_PARTIAL_SUCCESS = 20001
 CODE_NO_PERMISSION = 40001
 CODE_INVALID_PARAMETER = 40002
 CODE_TOO_MANY_REQUESTS = 40100
+# TikTok's own side (unverified: third-party write-ups): 50000 internal error, 50002 service
+# unavailable, and the rest of the 5xxxx range with them.
+CODE_INTERNAL_ERROR = 50000
+CODE_SERVICE_UNAVAILABLE = 50002
+SERVER_ERROR_CODES = range(50000, 60000)
 
 STANDARD_EVENTS = frozenset(
     {
