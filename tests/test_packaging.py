@@ -31,7 +31,7 @@ HELPERS = Path(__file__).resolve().parent / "packaging"
 PACKAGE = "tiktok_tracking"
 DIST_NAME = "django-tiktok-tracking"
 # What the design card says a shop installs with the app, by canonical name.
-RUNTIME_REQUIREMENTS = {"django", "celery", "requests", "django-celery-beat"}
+RUNTIME_REQUIREMENTS = {"django", "celery", "requests", "django-celery-beat", "phonenumbers"}
 
 PIXEL_ID = "CPACKAGETEST0001"
 ACCESS_TOKEN = "packaging-test-token-0123456789"
