@@ -4,6 +4,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from django.utils import timezone
 
 from tiktok_tracking.exceptions import InvalidOrderData
 
@@ -31,3 +32,34 @@ def assert_rejected(call, field):
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
     return caught.value
+
+
+def outbox_rows(count, *, prefix="order", now=None, pixel_id="CTESTPIXEL0001", country="US"):
+    """``count`` pending Purchase rows due ``now``, event ids ``<prefix>_<i>`` and order ids
+    ``<i>``, with the raw ip and user agent a checkout would have given them; returned in
+    order."""
+    from tiktok_tracking.models import TrackedEvent
+
+    now = now or timezone.now()
+    TrackedEvent.objects.bulk_create(
+        [
+            TrackedEvent(
+                pixel_id=pixel_id,
+                event="Purchase",
+                event_id=f"{prefix}_{i}",
+                order_id=str(i),
+                payload={
+                    "event": "Purchase",
+                    "event_time": int(now.timestamp()),
+                    "event_id": f"{prefix}_{i}",
+                    "user": {"ip": "203.0.113.1", "user_agent": "UA", "ttclid": "c"},
+                    "properties": {"currency": "USD", "value": 1.5, "order_id": str(i)},
+                },
+                event_time=now,
+                next_attempt_at=now,
+                country=country,
+            )
+            for i in range(count)
+        ]
+    )
+    return list(TrackedEvent.objects.filter(event_id__startswith=f"{prefix}_").order_by("pk"))

@@ -18,6 +18,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from tests.factories import outbox_rows
 from tiktok_tracking import checks, delivery
 from tiktok_tracking.client import DELIVERED, EventsApiClient, Outcome
 from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
@@ -44,29 +45,7 @@ def tracking(**overrides):
 
 
 def make_rows(count, prefix="order", now=None):
-    now = now or timezone.now()
-    TrackedEvent.objects.bulk_create(
-        [
-            TrackedEvent(
-                pixel_id=PIXEL,
-                event="Purchase",
-                event_id=f"{prefix}_{index}",
-                order_id=f"{prefix}-{index}",
-                payload={
-                    "event": "Purchase",
-                    "event_time": int(now.timestamp()),
-                    "event_id": f"{prefix}_{index}",
-                    "user": {"ip": "203.0.113.1", "user_agent": "UA", "ttclid": "c"},
-                    "properties": {"currency": "USD", "value": 1.5, "order_id": str(index)},
-                },
-                event_time=now,
-                next_attempt_at=now,
-                country="US",
-            )
-            for index in range(count)
-        ]
-    )
-    return list(TrackedEvent.objects.filter(event_id__startswith=f"{prefix}_").order_by("pk"))
+    return outbox_rows(count, prefix=prefix, now=now, pixel_id=PIXEL)
 
 
 def row(event_id):

@@ -12,6 +12,7 @@ from django.utils import timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.factories import outbox_rows
 from tests.shop.models import Order, OrderLine
 from tiktok_tracking import capture_context, delivery, tasks
 from tiktok_tracking.adapters import OrderAdapter
@@ -175,28 +176,7 @@ def test_webhook_without_request_sends_the_context_captured_at_checkout():
 
 
 def _rows(n, now=None, **fields):
-    now = now or timezone.now()
-    TrackedEvent.objects.bulk_create(
-        [
-            TrackedEvent(
-                pixel_id=fields.get("pixel_id", "CTESTPIXEL0001"),
-                event="Purchase",
-                event_id=f"order_{i}",
-                order_id=str(i),
-                payload={
-                    "event": "Purchase",
-                    "event_time": int(now.timestamp()),
-                    "event_id": f"order_{i}",
-                    "user": {"ip": "203.0.113.1", "user_agent": "UA", "ttclid": "c"},
-                    "properties": {"currency": "USD", "value": 1.5, "order_id": str(i)},
-                },
-                event_time=now,
-                next_attempt_at=now,
-                country=fields.get("country", "US"),
-            )
-            for i in range(n)
-        ]
-    )
+    return outbox_rows(n, now=now, **fields)
 
 
 @pytest.mark.django_db
