@@ -585,6 +585,8 @@ def statement_kind(sql, params):
 
 def timed_client_class():
     """EventsApiClient whose sends and HTTP posts are timed; the request itself is unchanged."""
+    from django.views.decorators.debug import sensitive_variables
+
     from tiktok_tracking.client import EventsApiClient
 
     class TimedClient(EventsApiClient):
@@ -607,10 +609,11 @@ def timed_client_class():
             session.post = timed_post
             return session
 
-        def send_encoded(self, data, event_count):
+        @sensitive_variables("access_token")
+        def send_encoded(self, data, event_count, access_token=None):
             started = time.perf_counter()
             try:
-                return super().send_encoded(data, event_count)
+                return super().send_encoded(data, event_count, access_token)
             finally:
                 self.send_seconds += time.perf_counter() - started
 
