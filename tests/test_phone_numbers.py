@@ -236,3 +236,12 @@ def test_phone_normalisation_never_raises(phone, country):
     if normalized is not None:
         assert normalize_phone(normalized) == normalized
         assert len(normalized) <= 16
+
+
+@pytest.mark.parametrize(
+    "phone, country",
+    [("+43000000", None), ("+4300000", None), ("+39 000 0000", None), ("09034473374", "BR")],
+)
+def test_a_number_whose_e164_form_does_not_read_back_as_itself_is_left_out(phone, country):
+    normalized = normalize_phone(phone, country)
+    assert normalized is None or normalize_phone(normalized) == normalized

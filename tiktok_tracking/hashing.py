@@ -55,7 +55,18 @@ def normalize_phone(value, country=None) -> str | None:
     if number is None:
         return None
     e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
-    return e164 if len(e164) - 1 <= PHONE_MAX_DIGITS else None
+    if len(e164) - 1 > PHONE_MAX_DIGITS:
+        return None
+    # Some forms change when read again: leading zeros of the national number ("+43 000000")
+    # are counted anew, a carrier code is taken out ("+55 90 ..." in Brazil). A form that does
+    # not read back as itself is nobody's number, and the two lanes could hash it differently.
+    if _e164(_possible_phone_number(e164, None)) != e164:
+        return None
+    return e164
+
+
+def _e164(number):
+    return None if number is None else phonenumbers.format_number(number, PhoneNumberFormat.E164)
 
 
 def _phone_region(country):
