@@ -12,7 +12,7 @@ from django.test import Client, RequestFactory
 
 from tests.shop.models import Order, OrderLine
 from tiktok_tracking import conf
-from tiktok_tracking.adapters import get_adapter_class
+from tiktok_tracking.adapters import adapter_for
 from tiktok_tracking.events import order_properties, read_order
 from tiktok_tracking.hashing import hash_email, hash_external_id, hash_phone
 from tiktok_tracking.receipts import read_receipt_token
@@ -101,7 +101,7 @@ def make_order(number="1007", *, currency="USD", lines=(("SKU-123", "Mug", 1, "8
 
 
 def expected_properties(order):
-    return order_properties(read_order(get_adapter_class(conf.get("ORDER_ADAPTER"))(order)))
+    return order_properties(read_order(adapter_for(order)))
 
 
 @pytest.fixture

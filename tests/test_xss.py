@@ -18,8 +18,7 @@ from tests.test_template_tags import (
     render,
     script_bodies,
 )
-from tiktok_tracking import conf
-from tiktok_tracking.adapters import get_adapter_class
+from tiktok_tracking.adapters import adapter_for
 from tiktok_tracking.boundaries import storable_text
 from tiktok_tracking.events import order_properties, read_order
 from tiktok_tracking.receipts import read_receipt_token
@@ -104,7 +103,7 @@ def hostile_order(text, number="1007"):
 
 
 def order_facts(order):
-    return read_order(get_adapter_class(conf.get("ORDER_ADAPTER"))(order))
+    return read_order(adapter_for(order))
 
 
 def assert_contained(html, expected_scripts):

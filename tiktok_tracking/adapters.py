@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.utils.module_loading import import_string
 
+from tiktok_tracking import conf
 from tiktok_tracking.boundaries import storable_text
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
 from tiktok_tracking.standards import ISO_3166_ALPHA2_CODES, ISO_4217_CODES
@@ -309,3 +310,13 @@ def get_adapter_class(dotted_path: str) -> type[OrderAdapter]:
             "tiktok_tracking.adapters.OrderAdapter."
         )
     return adapter_class
+
+
+def configured_adapter_class() -> type[OrderAdapter]:
+    """The OrderAdapter subclass named by ``ORDER_ADAPTER``, read at call time."""
+    return get_adapter_class(conf.get("ORDER_ADAPTER"))
+
+
+def adapter_for(order) -> OrderAdapter:
+    """The configured order adapter reading ``order``."""
+    return configured_adapter_class()(order)

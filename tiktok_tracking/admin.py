@@ -13,7 +13,6 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from tiktok_tracking import conf
 from tiktok_tracking.boundaries import private_url
 from tiktok_tracking.dashboard import dashboard_view
 from tiktok_tracking.dedup import VERDICTS, dedup_verdict, verdict_filter
@@ -436,9 +435,9 @@ class TikTokOrderAdminMixin:
     def tiktok_order_id(self, obj):
         if self.tiktok_order_id_field:
             return str(getattr(obj, self.tiktok_order_id_field))
-        from tiktok_tracking.adapters import get_adapter_class
+        from tiktok_tracking.adapters import adapter_for
 
-        return get_adapter_class(conf.get("ORDER_ADAPTER"))(obj).order_id()
+        return adapter_for(obj).order_id()
 
     @admin.display(description=_("TikTok tracking"))
     def tiktok_tracking_panel(self, obj):

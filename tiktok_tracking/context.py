@@ -8,7 +8,7 @@ from django.db import connection, router
 from django.utils import timezone
 
 from tiktok_tracking import conf, statements
-from tiktok_tracking.adapters import clean_order_id, get_adapter_class
+from tiktok_tracking.adapters import adapter_for, clean_order_id
 from tiktok_tracking.boundaries import fit_fields, fit_text, private_url
 from tiktok_tracking.events import BrowserContext
 from tiktok_tracking.visitor import TTP_COOKIE, clean_cookie, client_ip, get_visitor
@@ -198,7 +198,7 @@ def capture_context(request, order):
     from tiktok_tracking.receivers import record_order_event
 
     try:
-        adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
+        adapter = adapter_for(order)
         context = context_from_request(request)
         snapshot = snapshot_from_request(request, country=_order_country(adapter))
         save_context(clean_order_id(adapter.order_id()), context, snapshot)

@@ -9,7 +9,7 @@ from django.db.models import Subquery
 from django.utils import timezone
 
 from tiktok_tracking import conf, statements
-from tiktok_tracking.adapters import clean_order_id, get_adapter_class
+from tiktok_tracking.adapters import adapter_for, clean_order_id
 from tiktok_tracking.boundaries import fit_fields
 from tiktok_tracking.charges import apply_charge, charge_suffix
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
@@ -81,7 +81,7 @@ def _record(
     from tiktok_tracking.models import TrackedEvent
 
     now = now or timezone.now()
-    adapter = get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
+    adapter = adapter_for(order)
     pixel_ids = _pixel_ids(adapter, request)
     if not pixel_ids:
         return []

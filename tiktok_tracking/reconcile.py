@@ -7,7 +7,7 @@ from django.db.models import Count, QuerySet
 from django.utils.module_loading import import_string
 
 from tiktok_tracking import conf
-from tiktok_tracking.adapters import clean_country, clean_order_id, get_adapter_class
+from tiktok_tracking.adapters import clean_country, clean_order_id, configured_adapter_class
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
 from tiktok_tracking.models import TrackedEvent
 from tiktok_tracking.standards import PURCHASE_EVENT_NAMES
@@ -102,7 +102,7 @@ def scan_paid_orders(orders, *, adapter_class=None, names=None, keep_missing=0, 
     in chunks, so a month of orders is never held in memory. With ``pixel``, only the orders of
     the sites it tracks count, and only its rows.
     """
-    adapter_class = adapter_class or get_adapter_class(conf.get("ORDER_ADAPTER"))
+    adapter_class = adapter_class or configured_adapter_class()
     names = names or purchase_names()
     if isinstance(orders, QuerySet):
         orders = orders.iterator(chunk_size=2000)

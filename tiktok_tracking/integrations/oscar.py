@@ -26,12 +26,13 @@ from django.db.models.signals import post_save
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import (
     OrderAdapter,
+    adapter_for,
     clean_contents,
     clean_country,
     clean_currency,
     clean_order_id,
     clean_value,
-    get_adapter_class,
+    configured_adapter_class,
 )
 from tiktok_tracking.exceptions import InvalidOrderData
 from tiktok_tracking.signals import payment_completed
@@ -332,7 +333,7 @@ def _send_payment_completed(order, request):
 
 
 def _adapter(order):
-    return get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
+    return adapter_for(order)
 
 
 def _purchase_recorded(order) -> bool:
@@ -380,7 +381,7 @@ def check_oscar_integration(app_configs=None, **kwargs):
 
     messages = []
     try:
-        adapter_class = get_adapter_class(conf.get("ORDER_ADAPTER"))
+        adapter_class = configured_adapter_class()
     except Exception:
         adapter_class = None  # tiktok_tracking.E004 reports it
     if adapter_class is not None and not issubclass(adapter_class, OscarOrderAdapter):

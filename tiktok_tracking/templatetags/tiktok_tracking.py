@@ -19,7 +19,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import get_language
 
 from tiktok_tracking import conf
-from tiktok_tracking.adapters import clean_country, clean_value, get_adapter_class
+from tiktok_tracking.adapters import adapter_for, clean_country, clean_value
 from tiktok_tracking.charges import apply_charge, charge_suffix
 from tiktok_tracking.events import event_id_for, is_valid_event_name, order_properties, read_order
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
@@ -144,7 +144,7 @@ def _is_missing(order):
 
 
 def _adapter(order):
-    return get_adapter_class(conf.get("ORDER_ADAPTER"))(order)
+    return adapter_for(order)
 
 
 # {% tiktok_pixel %} ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tiktok_tracking.adapters import (
     clean_currency,
     clean_order_id,
     clean_value,
-    get_adapter_class,
+    configured_adapter_class,
 )
 from tiktok_tracking.exceptions import (
     InvalidOrderData,
@@ -142,7 +142,7 @@ def order_for_payment(payment):
     The adapter's ``order_for_payment(payment)`` decides where it has one (PaymentAdapter: the
     payment itself); otherwise the payment's ``order`` attribute is the order.
     """
-    adapter_class = get_adapter_class(conf.get("ORDER_ADAPTER"))
+    adapter_class = configured_adapter_class()
     hook = getattr(adapter_class, "order_for_payment", None)
     if hook is not None:
         return hook(payment)
@@ -218,7 +218,7 @@ def check_configuration(app_configs=None, **kwargs):
             )
         )
     try:
-        adapter_class = get_adapter_class(conf.get("ORDER_ADAPTER"))
+        adapter_class = configured_adapter_class()
     except TikTokTrackingError:
         return errors  # tiktok_tracking.E004 reports it
     if hasattr(adapter_class, "order_for_payment"):
