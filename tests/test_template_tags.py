@@ -124,7 +124,6 @@ def test_pixel_in_an_opt_out_region_loads_and_sends_the_page_view():
     config = pixel_config(html)
     # No CSRF token in the page: the script asks the consent endpoint for one when needed.
     assert config == {
-        "pixelId": PIXEL_ID,
         "pixelIds": [PIXEL_ID],
         "scriptUrl": conf.get("PIXEL_SCRIPT_URL"),
         "hold": False,
@@ -226,7 +225,7 @@ def test_pixel_works_without_the_app_urls(settings):
 
     assert config["consentUrl"] is None
     assert config["receiptUrl"] is None
-    assert config["pixelId"] == PIXEL_ID
+    assert config["pixelIds"] == [PIXEL_ID]
 
 
 def test_identify_sends_only_hashed_keys():

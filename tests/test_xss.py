@@ -153,7 +153,8 @@ def test_hostile_pixel_settings_stay_inside_the_config(tiktok_settings, hostile)
 
     assert_contained(html, 1)
     config = pixel_config(html)
-    assert config["pixelId"] == config["scriptUrl"] == hostile
+    assert config["pixelIds"] == [hostile]
+    assert config["scriptUrl"] == hostile
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)

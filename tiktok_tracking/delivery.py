@@ -171,7 +171,7 @@ def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
     in_flight = []
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiktok-send") as sender:
-            sender_client = SenderThread(client, sender)
+            sender_client = QueuedSender(client, sender)
             claiming, out_of_time = True, False  # the first claim happens whatever the time
             while claiming or in_flight:
                 # Read before the claim, so the rows' lease can only end later than this says.
@@ -193,8 +193,9 @@ def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
     return report
 
 
-class SenderThread:
-    """The client's requests, made on one thread: started now, answered later.
+class QueuedSender:
+    """The client's requests, queued on one sending thread (an executor): started now, answered
+    later.
 
     A request is started only if it ends, at its TIMEOUT, before ``send_by`` (a
     ``time.monotonic()`` value short of its rows' lease): queued behind other requests, it

@@ -186,8 +186,6 @@ def tiktok_pixel(context, email=None, phone=None, external_id=None, country=None
     # No CSRF token here: masking one costs more than the rest of the tag, and only a visitor
     # who answers the banner needs it; the page fetches it from the consent endpoint then.
     config = {
-        # pixelId: the first, as before several pixels were possible.
-        "pixelId": pixel_ids[0],
         "pixelIds": list(pixel_ids),
         "scriptUrl": conf.get("PIXEL_SCRIPT_URL"),
         "hold": decision.hold,
