@@ -205,7 +205,9 @@ def test_narrowing_a_batch_whose_events_all_fail_is_bounded(sandbox):
     events = make_rows(1000, prefix="bad")
     sandbox.reject_events([event.event_id for event in events], "properties.value: Not valid.")
     started = time.monotonic()
-    with tracking(BATCH_SIZE=1000):
+    # A backoff of a minute: the check below that the rest wait must not race the clock on a
+    # slow machine (the suite's half-second backoff can pass while 1,000 rows are read back).
+    with tracking(BATCH_SIZE=1000, RETRY_BASE_DELAY=60.0, RETRY_MAX_DELAY=120.0):
         report = delivery.deliver_due_events()
     elapsed = time.monotonic() - started
     assert len(sandbox.requests) <= 3
