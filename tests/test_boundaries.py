@@ -19,7 +19,7 @@ from tiktok_tracking.delivery import purge_personal_data
 from tiktok_tracking.events import BrowserContext
 from tiktok_tracking.models import CheckoutContext, ConsentRecord, TrackedEvent
 from tiktok_tracking.receipts import receipt_token
-from tiktok_tracking.receivers import record_order_event
+from tiktok_tracking.recording import record_order_event
 from tiktok_tracking.visitor import TTCLID_COOKIE, VISITOR_COOKIE
 
 PIXEL = "CTESTPIXEL0001"

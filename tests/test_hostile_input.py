@@ -25,7 +25,7 @@ from tiktok_tracking.events import build_event, build_request_body, event_id_for
 from tiktok_tracking.exceptions import InvalidOrderData
 from tiktok_tracking.hashing import hash_email, hash_external_id, hash_phone, normalize_phone
 from tiktok_tracking.models import TrackedEvent
-from tiktok_tracking.receivers import record_order_event
+from tiktok_tracking.recording import record_order_event
 from tiktok_tracking.sandbox.validation import validate_request
 from tiktok_tracking.standards import ISO_4217_CODES
 

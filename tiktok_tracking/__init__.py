@@ -10,6 +10,6 @@ def capture_context(request, order):
 
     Imported lazily so that ``import tiktok_tracking`` works before Django's apps are ready.
     """
-    from tiktok_tracking.context import capture_context as _capture_context
+    from tiktok_tracking.recording import capture_context as _capture_context
 
     return _capture_context(request, order)

@@ -4,11 +4,10 @@ import logging
 from dataclasses import dataclass, fields
 
 from django.core.exceptions import DisallowedHost
-from django.db import connection, router
+from django.db import connection
 from django.utils import timezone
 
-from tiktok_tracking import conf, statements
-from tiktok_tracking.adapters import adapter_for, clean_order_id
+from tiktok_tracking import conf
 from tiktok_tracking.boundaries import fit_fields, fit_text, private_url
 from tiktok_tracking.events import BrowserContext
 from tiktok_tracking.visitor import TTP_COOKIE, clean_cookie, client_ip, get_visitor
@@ -122,16 +121,7 @@ def save_context(order_id, context, snapshot, *, exists=None):
     )
     if exists is not False and CheckoutContext.objects.filter(order_id=order_id).update(**values):
         return
-    using = router.db_for_write(CheckoutContext)
-    if statements.supported(using) and connection.features.supports_ignore_conflicts:
-        statements.insert(
-            CheckoutContext,
-            {"order_id": order_id, **values},
-            using=using,
-            now=values["captured_at"],
-            ignore_conflicts=True,
-        )
-    elif connection.features.supports_ignore_conflicts:
+    if connection.features.supports_ignore_conflicts:
         CheckoutContext.objects.bulk_create(
             [CheckoutContext(order_id=order_id, **values)], ignore_conflicts=True
         )
@@ -159,14 +149,10 @@ def stored_context(order_id):
     """The context and consent snapshot captured for an order, or (None, None)."""
     from tiktok_tracking.models import CheckoutContext
 
-    using = router.db_for_read(CheckoutContext)
-    if statements.supported(using):
-        # Read on every payment: the statement is composed once, not per order.
-        row = statements.select_one(
-            CheckoutContext, STORED_FIELDS, "order_id", order_id, using=using
-        )
-    else:
-        row = CheckoutContext.objects.filter(order_id=order_id).values(*STORED_FIELDS).first()
+    # Sliced, not .first(): the order_id is unique, and an ORDER BY would only cost.
+    row = next(
+        iter(CheckoutContext.objects.filter(order_id=order_id).values(*STORED_FIELDS)[:1]), None
+    )
     if row is None:
         return None, None
     context = BrowserContext(
@@ -185,33 +171,3 @@ def stored_context(order_id):
         limited_data_use=row["limited_data_use"],
     )
     return context, snapshot
-
-
-def capture_context(request, order):
-    """Store the browser context and consent of ``order`` for its later server events.
-
-    Also records the server-lane funnel events (``SERVER_FUNNEL_EVENTS``, InitiateCheckout by
-    default) with the same event_id that ``{% tiktok_track ... order=order %}`` renders. Never
-    raises into the checkout: what cannot be captured is logged, and the order's purchase is
-    still recorded when it is paid. Returns the captured context, or None.
-    """
-    from tiktok_tracking.receivers import record_order_event
-
-    try:
-        adapter = adapter_for(order)
-        context = context_from_request(request)
-        snapshot = snapshot_from_request(request, country=_order_country(adapter))
-        save_context(clean_order_id(adapter.order_id()), context, snapshot)
-    except Exception:
-        logger.exception("Could not capture the checkout context of an order")
-        return None
-    for event in conf.get("SERVER_FUNNEL_EVENTS"):
-        record_order_event(event, order, context=context, snapshot=snapshot)
-    return context
-
-
-def _order_country(adapter):
-    try:
-        return adapter.country()
-    except ValueError:
-        return None
