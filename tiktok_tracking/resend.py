@@ -3,7 +3,6 @@
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 
 from django.db import transaction
 from django.db.models import BooleanField, Case, Q, Value, When
@@ -11,7 +10,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from tiktok_tracking.models import TrackedEvent
-from tiktok_tracking.receivers import enqueue_delivery
+from tiktok_tracking.publisher import enqueue_delivery
 
 Status = TrackedEvent.Status
 
@@ -143,5 +142,5 @@ def _requeue(ids, test_event_code, now):
             )
         )
         if count:
-            transaction.on_commit(partial(enqueue_delivery, ids), robust=True)
+            transaction.on_commit(enqueue_delivery, robust=True)
     return count

@@ -1,6 +1,6 @@
 """Celery tasks: deliver due events, sweep lost or stuck rows, purge raw personal data.
 
-Tasks take row ids only, never tokens or personal data: the broker is readable.
+Tasks carry no arguments, so no token or personal data: the broker is readable.
 """
 
 import logging
@@ -18,8 +18,8 @@ MAX_WAKE_UP_COUNTDOWN = 300
 
 
 @shared_task(name="tiktok_tracking.deliver_events", acks_late=True, ignore_result=True)
-def deliver_events(tracked_event_ids=None):
-    """Deliver due events (the given ids among them, if still due) until none are left."""
+def deliver_events():
+    """Deliver every due event, whoever asked: a bare wake-up, no ids (the outbox is the queue)."""
     report = delivery.deliver_due_events()
     if report.claimed:
         logger.info(
