@@ -510,31 +510,10 @@ def schedule_retries(rows, outcome, answer, now, settled):
 
 
 def log_attempts(tracked_event_ids, **answer):
-    """Append one DeliveryAttempt per event, all with the same answer, in one statement.
-
-    ``INSERT ... SELECT`` from the outbox: the database repeats the answer, so a batch of a
-    thousand costs one row of parameters and the ids, not a thousand model instances.
-    """
-    if not tracked_event_ids:
-        return
-    quote = connection.ops.quote_name
-    names = list(answer)
-    columns = ", ".join(
-        quote(DeliveryAttempt._meta.get_field(name).column) for name in ["tracked_event", *names]
+    """Append one DeliveryAttempt per event, all with the same answer, in one INSERT."""
+    DeliveryAttempt.objects.bulk_create(
+        [DeliveryAttempt(tracked_event_id=pk, **answer) for pk in tracked_event_ids]
     )
-    values = [
-        DeliveryAttempt._meta.get_field(name).get_db_prep_save(answer[name], connection)
-        for name in names
-    ]
-    outbox = TrackedEvent._meta
-    target = f"{quote(DeliveryAttempt._meta.db_table)} ({columns})"
-    selected = ", ".join([quote(outbox.pk.column)] + ["%s"] * len(values))
-    ids = ", ".join(["%s"] * len(tracked_event_ids))
-    where = f"{quote(outbox.pk.column)} IN ({ids})"
-    # Only identifiers quoted by the backend and placeholders are formatted in.
-    sql = f"INSERT INTO {target} SELECT {selected} FROM {quote(outbox.db_table)} WHERE {where}"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, *tracked_event_ids])
 
 
 def mark_suppressed(row, reason):
