@@ -14,10 +14,8 @@ from tiktok_tracking.client import (
     TRANSIENT,
     UNKNOWN_ANSWER_MAX_ATTEMPTS,
     EventsApiClient,
-    Outcome,
     classify_response,
 )
-from tiktok_tracking.exceptions import PermanentApiError, TransientApiError
 from tiktok_tracking.standards import CODE_INTERNAL_ERROR, CODE_SERVICE_UNAVAILABLE
 
 
@@ -119,15 +117,6 @@ def test_an_answer_too_long_is_not_read_whole(sandbox):
     assert outcome.max_attempts == UNKNOWN_ANSWER_MAX_ATTEMPTS
     assert "not read whole" in outcome.message
     assert len(outcome.message) <= MAX_MESSAGE_LENGTH
-
-
-def test_outcome_raises_the_matching_error_without_the_token():
-    with pytest.raises(TransientApiError):
-        Outcome(TRANSIENT, 503).raise_for_error()
-    with pytest.raises(PermanentApiError) as info:
-        Outcome(PERMANENT, 200, 40001, "No permission", "r1", 3).raise_for_error()
-    assert "40001" in str(info.value) and "r1" in str(info.value)
-    Outcome(DELIVERED, 200, 0).raise_for_error()
 
 
 def body_for(pixel="CTESTPIXEL0001", event_id="order_1"):

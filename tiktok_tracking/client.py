@@ -17,7 +17,6 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from tiktok_tracking import __version__, conf
 from tiktok_tracking.events import compact_json
-from tiktok_tracking.exceptions import PermanentApiError, TransientApiError
 from tiktok_tracking.pixels import configured_tokens
 from tiktok_tracking.redaction import redact
 from tiktok_tracking.standards import (
@@ -82,12 +81,6 @@ class Outcome:
     @property
     def delivered(self):
         return self.kind == DELIVERED
-
-    def raise_for_error(self):
-        if self.kind == TRANSIENT:
-            raise TransientApiError(self)
-        if self.kind == PERMANENT:
-            raise PermanentApiError(self)
 
 
 @sensitive_variables("secrets")

@@ -1,4 +1,7 @@
-"""The app's one exception family: configuration, order data and delivery errors."""
+"""The app's one exception family: configuration and order data errors.
+
+Delivery raises nothing: what TikTok answered is an ``Outcome``, recorded on the row.
+"""
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -18,23 +21,3 @@ class InvalidOrderData(TikTokTrackingError, ValueError):
         self.field = field
         self.reason = message
         super().__init__(f"{field}: {message}")
-
-
-class EventsApiError(TikTokTrackingError):
-    """The Events API did not accept a request. Carries what TikTok answered, never the token."""
-
-    def __init__(self, outcome):
-        self.outcome = outcome
-        super().__init__(
-            f"Events API {outcome.kind}: HTTP {outcome.http_status}, code {outcome.code}, "
-            f"{outcome.message!r} (request_id {outcome.request_id or '-'}, "
-            f"{outcome.event_count} event(s))"
-        )
-
-
-class TransientApiError(EventsApiError):
-    """Worth retrying: rate limit, server error, timeout, connection error, unreadable answer."""
-
-
-class PermanentApiError(EventsApiError):
-    """Retrying the same payload cannot help: bad token, no permission, parameter error."""
