@@ -16,7 +16,7 @@ from django.utils.translation import ngettext
 from tiktok_tracking.boundaries import private_url
 from tiktok_tracking.dashboard import dashboard_view
 from tiktok_tracking.dedup import VERDICTS, dedup_verdict, verdict_filter
-from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
+from tiktok_tracking.models import EVENT_TABLES, ArchivedEvent, DeliveryAttempt, TrackedEvent
 from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
@@ -109,21 +109,23 @@ class BrowserLaneFilter(admin.SimpleListFilter):
 
 
 class IndexedValuesFilter(admin.SimpleListFilter):
-    """A filter whose choices are the column's distinct values, read without a table scan.
+    """A filter whose choices are the column's distinct values, read cheaply on either table.
 
     Django's own field filters run SELECT DISTINCT over the whole column (80 ms at a million
-    rows, on every list page). On PostgreSQL a recursive "loose index scan" hops from one value
-    to the next along the column's index instead.
+    rows, on every list page). On the archive, where the column leads an index, PostgreSQL
+    hops from one value to the next along it (a recursive "loose index scan"); the outbox,
+    small by design and without such indexes, is read once.
     """
 
     field = None
     empty_label = _("(none)")
 
-    def distinct_values(self):
-        table = TrackedEvent._meta.db_table
-        column = TrackedEvent._meta.get_field(self.field).column
-        if connection.vendor != "postgresql":
-            values = TrackedEvent.objects.order_by(self.field).values_list(self.field, flat=True)
+    def distinct_values(self, model):
+        table = model._meta.db_table
+        column = model._meta.get_field(self.field).column
+        if connection.vendor != "postgresql" or not _leads_an_index(model, self.field):
+            # Without an index the hop would scan the table once per value: one scan is less.
+            values = model.objects.order_by(self.field).values_list(self.field, flat=True)
             return list(values.distinct())
         quoted = connection.ops.quote_name
         # Only the model's own table and column names go into the SQL, quoted; no user input.
@@ -138,14 +140,14 @@ class IndexedValuesFilter(admin.SimpleListFilter):
         with connection.cursor() as cursor:
             cursor.execute(sql)
             values = [row[0] for row in cursor.fetchall()]
-        if TrackedEvent.objects.filter(**{f"{self.field}__isnull": True}).exists():
+        if model.objects.filter(**{f"{self.field}__isnull": True}).exists():
             values.append(None)
         return values
 
     def lookups(self, request, model_admin):
         return [
             ("" if value is None else str(value), self.label(value))
-            for value in self.distinct_values()
+            for value in self.distinct_values(model_admin.model)
         ]
 
     def label(self, value):
@@ -156,10 +158,15 @@ class IndexedValuesFilter(admin.SimpleListFilter):
         if value is None:
             return queryset
         if value == "":
-            field = TrackedEvent._meta.get_field(self.field)
+            field = queryset.model._meta.get_field(self.field)
             if field.null:
                 return queryset.filter(**{f"{self.field}__isnull": True})
         return queryset.filter(**{self.field: value})
+
+
+def _leads_an_index(model, field_name):
+    """Whether one of ``model``'s indexes starts with the column ``field_name``."""
+    return any(index.fields and index.fields[0] == field_name for index in model._meta.indexes)
 
 
 class EventFilter(IndexedValuesFilter):
@@ -195,7 +202,7 @@ class EstimatedCountPaginator(Paginator):
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [TrackedEvent._meta.db_table],
+                    [self.object_list.model._meta.db_table],
                 )
                 row = cursor.fetchone()
             if row and row[0] and row[0] > 10_000:
@@ -258,7 +265,8 @@ class TrackedEventAdmin(admin.ModelAdmin):
     # (case-sensitive: "=" would compare UPPER() of each column and miss the index).
     search_fields = ("order_id__exact", "event_id__exact", "last_request_id__exact")
     search_help_text = _("Exact order id, event_id or TikTok request_id.")
-    ordering = ("-created_at", "-pk")
+    # Newest first by id: the outbox has no index on created_at, and ids grow with it.
+    ordering = ("-pk",)
     show_full_result_count = False
     paginator = EstimatedCountPaginator
     list_per_page = 50
@@ -415,6 +423,66 @@ class TrackedEventAdmin(admin.ModelAdmin):
         )
 
 
+def attempts_table(attempts):
+    """The attempt log of one event as a read-only table."""
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                attempt.attempted_at,
+                attempt.get_outcome_display(),
+                attempt.http_status if attempt.http_status is not None else "—",
+                attempt.code if attempt.code is not None else "—",
+                attempt.message,
+                attempt.request_id,
+                attempt.batch_size,
+            )
+            for attempt in attempts
+        ),
+    )
+    if not rows:
+        return _("No attempt was made.")
+    return format_html(
+        "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th>"
+        "<th>{}</th></tr></thead><tbody>{}</tbody></table>",
+        _("attempted at"),
+        _("outcome"),
+        _("HTTP status"),
+        _("TikTok code"),
+        _("message"),
+        _("request id"),
+        _("events in the request"),
+        rows,
+    )
+
+
+@admin.register(ArchivedEvent)
+class ArchivedEventAdmin(TrackedEventAdmin):
+    """The history: finished events moved out of the outbox, every filter on an index."""
+
+    ordering = ("-created_at", "-pk")
+    actions = ()
+    inlines = ()
+    fieldsets = (
+        *TrackedEventAdmin.fieldsets,
+        (_("Attempts"), {"fields": ("attempts_log", "archived_at")}),
+    )
+
+    def get_urls(self):
+        return admin.ModelAdmin.get_urls(self)
+
+    def get_actions(self, request):
+        return {}
+
+    @admin.display(description=_("attempts"))
+    def attempts_log(self, obj):
+        # The attempts keep the id the event had in the outbox, which the archive keeps too.
+        return attempts_table(
+            DeliveryAttempt.objects.filter(tracked_event_id=obj.pk).order_by("attempted_at", "pk")
+        )
+
+
 class TikTokOrderAdminMixin:
     """Adds a "TikTok tracking" panel to a shop's OrderAdmin: that order's events and verdicts.
 
@@ -443,10 +511,14 @@ class TikTokOrderAdminMixin:
     def tiktok_tracking_panel(self, obj):
         if obj is None or obj.pk is None:
             return "—"
-        rows = list(
-            TrackedEvent.objects.for_order(self.tiktok_order_id(obj))
-            .defer("payload")
-            .order_by("created_at", "pk")
+        order_id = self.tiktok_order_id(obj)
+        rows = sorted(
+            (
+                row
+                for model in EVENT_TABLES
+                for row in model.objects.for_order(order_id).defer("payload")
+            ),
+            key=lambda row: (row.created_at, row.pk),
         )
         if not rows:
             return _("No TikTok events recorded for this order.")
@@ -455,7 +527,7 @@ class TikTokOrderAdminMixin:
             "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
-                    reverse("admin:tiktok_tracking_trackedevent_change", args=[row.pk]),
+                    reverse(f"admin:tiktok_tracking_{row._meta.model_name}_change", args=[row.pk]),
                     row.event,
                     row.event_id,
                     badge(row.get_status_display(), STATUS_COLOURS.get(row.status, "#555")),

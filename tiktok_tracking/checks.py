@@ -206,7 +206,28 @@ def _check_numbers():
             )
             return errors
     errors.extend(_check_lease())
+    errors.extend(_check_outbox_retention())
     return errors
+
+
+def _check_outbox_retention():
+    """E018: finished rows stay in the outbox as long as anything may still change them: a
+    resend (TikTok's dedup window), a late browser receipt, the rollups of the last two days."""
+    hours = conf.get("OUTBOX_RETENTION_HOURS")
+    receipt_seconds = conf.get("RECEIPT_MAX_AGE_SECONDS")
+    receipt_hours = receipt_seconds / 3600 if isinstance(receipt_seconds, int | float) else 0
+    needed = max(DEDUP_WINDOW_HOURS, receipt_hours)
+    if isinstance(hours, int | float) and not isinstance(hours, bool) and hours >= needed:
+        return []
+    return [
+        _error(
+            "E018",
+            f"{conf.SETTING_NAME}['OUTBOX_RETENTION_HOURS'] must be a number of at least "
+            f"{needed:g}, not {hours!r}: a finished row may still be resent within TikTok's "
+            f"{DEDUP_WINDOW_HOURS} h dedup window, or receive its browser receipt within "
+            f"RECEIPT_MAX_AGE_SECONDS, and both find it in the outbox only.",
+        )
+    ]
 
 
 def _check_lease():

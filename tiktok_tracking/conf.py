@@ -50,6 +50,10 @@ DEFAULTS = {
     "ENQUEUE_IN_BACKGROUND": True,
     # Privacy: raw ip and user agent are blanked this many days after delivery or failure.
     "RETENTION_DAYS": 7,
+    # Finished rows (delivered, failed, suppressed) move from the outbox to the archive this
+    # long after their last change, so the outbox holds in-flight and recent rows only. At
+    # least TikTok's 48 h dedup window: a row can be resent only while it is in the outbox.
+    "OUTBOX_RETENTION_HOURS": 72,
     # Consent. Opt-in countries (EU/EEA, UK, Switzerland) send nothing without a grant; other
     # countries send unless the visitor denies; a denial in a limited-data-use country (US state
     # privacy laws) sends with limited_data_use instead. A visitor whose country is unknown is

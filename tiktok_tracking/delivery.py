@@ -140,7 +140,8 @@ def claim_due_events(limit, *, now=None, lease_seconds=None):
             attempts=F("attempts") + 1,
             updated_at=now,
         )
-    return load_claimed(TrackedEvent.objects.filter(claim_token=token))
+    # By id as well: the outbox keeps no index on the token.
+    return load_claimed(TrackedEvent.objects.filter(pk__in=ids, claim_token=token))
 
 
 def load_claimed(rows):

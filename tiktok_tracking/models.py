@@ -1,4 +1,4 @@
-"""The outbox and delivery log (TrackedEvent), its attempt log, and captured checkout context."""
+"""The outbox (TrackedEvent), its archive and attempt log, and the captured checkout context."""
 
 from django.db import models
 from django.db.models import Q
@@ -6,7 +6,18 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
-class TrackedEventQuerySet(models.QuerySet):
+class EventQuerySet(models.QuerySet):
+    def failed(self):
+        return self.filter(status=EventFields.Status.FAILED)
+
+    def delivered(self):
+        return self.filter(status=EventFields.Status.DELIVERED)
+
+    def for_order(self, order_id):
+        return self.filter(order_id=str(order_id))
+
+
+class TrackedEventQuerySet(EventQuerySet):
     def due(self, now=None):
         """Rows waiting to be sent whose next attempt time has come."""
         return self.filter(
@@ -19,18 +30,9 @@ class TrackedEventQuerySet(models.QuerySet):
             status=TrackedEvent.Status.SENDING, lease_expires_at__lt=now or timezone.now()
         )
 
-    def failed(self):
-        return self.filter(status=TrackedEvent.Status.FAILED)
 
-    def delivered(self):
-        return self.filter(status=TrackedEvent.Status.DELIVERED)
-
-    def for_order(self, order_id):
-        return self.filter(order_id=str(order_id))
-
-
-class TrackedEvent(models.Model):
-    """One event for one pixel: the outbox row while it waits, the delivery record after."""
+class EventFields(models.Model):
+    """What is known of one event for one pixel: the columns the outbox and the archive share."""
 
     class Status(models.TextChoices):
         PENDING = "pending", _("Pending")
@@ -46,7 +48,7 @@ class TrackedEvent(models.Model):
         max_length=255,
         help_text=_("Shared by the browser and server lanes so TikTok deduplicates them."),
     )
-    order_id = models.CharField(_("order id"), max_length=128, db_index=True)
+    order_id = models.CharField(_("order id"), max_length=128)
     status = models.CharField(
         _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
     )
@@ -106,7 +108,26 @@ class TrackedEvent(models.Model):
     personal_data_purged_at = models.DateTimeField(
         _("raw ip/user agent purged at"), null=True, blank=True
     )
-    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(_("created at"))
+    updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.event} {self.event_id} ({self.status})"
+
+
+class TrackedEvent(EventFields):
+    """The outbox: one event for one pixel, from the moment it is recorded until it is archived.
+
+    It carries only the indexes delivery needs, because every checkout INSERT and every
+    delivery UPDATE (a status change touches every index) pays for each one. The admin's
+    filters over history read ``ArchivedEvent``; finished rows move there after
+    ``OUTBOX_RETENTION_HOURS``, so this table holds the in-flight and recent rows only.
+    """
+
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     objects = TrackedEventQuerySet.as_manager()
@@ -116,6 +137,7 @@ class TrackedEvent(models.Model):
         verbose_name_plural = _("tracked events")
         permissions = [("send_trackedevent", _("Can send tracked events to TikTok from the admin"))]
         constraints = [
+            # One row per event and pixel; also the index a browser receipt finds its row by.
             models.UniqueConstraint(
                 fields=["pixel_id", "event", "event_id"], name="tiktok_tracking_one_row_per_event"
             )
@@ -132,22 +154,50 @@ class TrackedEvent(models.Model):
                 condition=Q(status="sending"),
                 name="tiktok_tracking_leased",
             ),
-            models.Index(fields=["status", "created_at"], name="tiktok_tracking_status"),
-            models.Index(fields=["claim_token"], name="tiktok_tracking_claim"),
-            # One index behind each admin search and filter, ordered like the list.
-            models.Index(fields=["event_id"], name="tiktok_tracking_event_id"),
-            models.Index(fields=["last_request_id"], name="tiktok_tracking_request_id"),
-            models.Index(fields=["event", "created_at"], name="tiktok_tracking_event"),
-            models.Index(fields=["country", "created_at"], name="tiktok_tracking_country"),
-            models.Index(fields=["consent_status", "created_at"], name="tiktok_tracking_consent"),
-            models.Index(fields=["last_code", "created_at"], name="tiktok_tracking_code"),
-            models.Index(fields=["browser_seen_at"], name="tiktok_tracking_browser_seen"),
-            # The dedup verdicts are status x receipt: answered from the index alone.
-            models.Index(fields=["status", "browser_seen_at"], name="tiktok_tracking_verdict"),
         ]
 
-    def __str__(self):
-        return f"{self.event} {self.event_id} ({self.status})"
+
+class ArchivedEvent(EventFields):
+    """A finished event moved out of the outbox: the history the admin filters and searches.
+
+    Written in bulk by ``archive.archive_finished`` (beat), never by a checkout or a delivery,
+    so its indexes cost neither. Its id is the outbox row's, which its attempts still carry.
+    """
+
+    id = models.BigIntegerField(_("id"), primary_key=True)
+    archived_at = models.DateTimeField(_("archived at"), default=timezone.now)
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("archived event")
+        verbose_name_plural = _("archived events")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pixel_id", "event", "event_id"], name="tiktok_tracking_archived_once"
+            )
+        ]
+        indexes = [
+            # One index behind each admin search and filter, ordered like the list.
+            models.Index(fields=["created_at"], name="tiktok_tracking_arch_created"),
+            models.Index(fields=["order_id"], name="tiktok_tracking_arch_order"),
+            models.Index(fields=["event_id"], name="tiktok_tracking_arch_event_id"),
+            models.Index(fields=["last_request_id"], name="tiktok_tracking_arch_request"),
+            models.Index(fields=["status", "created_at"], name="tiktok_tracking_arch_status"),
+            models.Index(fields=["event", "created_at"], name="tiktok_tracking_arch_event"),
+            models.Index(fields=["country", "created_at"], name="tiktok_tracking_arch_country"),
+            models.Index(
+                fields=["consent_status", "created_at"], name="tiktok_tracking_arch_consent"
+            ),
+            models.Index(fields=["last_code", "created_at"], name="tiktok_tracking_arch_code"),
+            models.Index(fields=["browser_seen_at"], name="tiktok_tracking_arch_seen"),
+            # The dedup verdicts are status x receipt: answered from the index alone.
+            models.Index(fields=["status", "browser_seen_at"], name="tiktok_tracking_arch_verdict"),
+        ]
+
+
+# Where the recorded events are: the outbox, and the archive its finished rows move to.
+EVENT_TABLES = (TrackedEvent, ArchivedEvent)
 
 
 class DeliveryAttempt(models.Model):
@@ -158,9 +208,12 @@ class DeliveryAttempt(models.Model):
         TRANSIENT = "transient", _("Transient error")
         PERMANENT = "permanent", _("Permanent error")
 
+    # No database constraint: the attempts of an event stay when it moves to the archive,
+    # which keeps its id.
     tracked_event = models.ForeignKey(
         TrackedEvent,
-        on_delete=models.CASCADE,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
         related_name="delivery_attempts",
         verbose_name=_("tracked event"),
     )

@@ -45,7 +45,7 @@ def read_receipt_token(token, max_age=None):
 
 def record_receipt(pixel_id, event, event_id, now=None):
     """Record that the browser fired this event; False if it was already recorded (a replay)."""
-    from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+    from tiktok_tracking.models import EVENT_TABLES, BrowserReceipt
 
     now = now or timezone.now()
     try:
@@ -57,7 +57,8 @@ def record_receipt(pixel_id, event, event_id, now=None):
         return False
     # The server row may not exist yet (the payment webhook often arrives after the thank-you
     # page); the receiver copies the receipt's time when it creates the row.
-    TrackedEvent.objects.filter(
-        pixel_id=pixel_id, event=event, event_id=event_id, browser_seen_at__isnull=True
-    ).update(browser_seen_at=now)
+    for model in EVENT_TABLES:
+        model.objects.filter(
+            pixel_id=pixel_id, event=event, event_id=event_id, browser_seen_at__isnull=True
+        ).update(browser_seen_at=now)
     return True

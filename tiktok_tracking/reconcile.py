@@ -1,4 +1,4 @@
-"""Reconciling the shop's paid orders with the purchases recorded in the outbox, by country."""
+"""Reconciling the shop's paid orders with the purchases recorded (outbox, archive), by country."""
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -9,7 +9,7 @@ from django.utils.module_loading import import_string
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import clean_country, clean_order_id, configured_adapter_class
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
-from tiktok_tracking.models import TrackedEvent
+from tiktok_tracking.models import EVENT_TABLES, TrackedEvent
 from tiktok_tracking.standards import PURCHASE_EVENT_NAMES
 
 Status = TrackedEvent.Status
@@ -66,13 +66,17 @@ def purchase_names():
 def recorded_counts(since, until, names=None, pixel_id=None):
     """``{(country, status): rows}`` of the purchases recorded in ``[since, until)`` (for one
     pixel if ``pixel_id``): one query."""
-    rows = TrackedEvent.objects.filter(
-        event__in=names or purchase_names(), created_at__gte=since, created_at__lt=until
-    )
-    if pixel_id is not None:
-        rows = rows.filter(pixel_id=pixel_id)
-    rows = rows.order_by().values_list("country", "status").annotate(rows=Count("pk"))
-    return {(country, status): count for country, status, count in rows}
+    counts = Counter()
+    for model in EVENT_TABLES:
+        rows = model.objects.filter(
+            event__in=names or purchase_names(), created_at__gte=since, created_at__lt=until
+        )
+        if pixel_id is not None:
+            rows = rows.filter(pixel_id=pixel_id)
+        rows = rows.order_by().values_list("country", "status").annotate(rows=Count("pk"))
+        for country, status, count in rows:
+            counts[(country, status)] += count
+    return dict(counts)
 
 
 def paid_orders_source():
@@ -147,10 +151,12 @@ def _country(adapter):
 def _find_missing(waiting, names, paid, keep_missing, pixel=None):
     if not waiting:
         return
-    rows = TrackedEvent.objects.filter(event__in=names, order_id__in=list(waiting))
-    if pixel is not None:
-        rows = rows.filter(pixel_id=pixel.pixel_id)
-    recorded = set(rows.order_by().values_list("order_id", flat=True).distinct())
+    recorded = set()
+    for model in EVENT_TABLES:
+        rows = model.objects.filter(event__in=names, order_id__in=list(waiting))
+        if pixel is not None:
+            rows = rows.filter(pixel_id=pixel.pixel_id)
+        recorded.update(rows.order_by().values_list("order_id", flat=True).distinct())
     for order_id, country in waiting.items():
         if order_id in recorded:
             continue

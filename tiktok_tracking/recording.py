@@ -25,7 +25,7 @@ from tiktok_tracking.context import (
 from tiktok_tracking.events import build_event, event_id_for, match_key_mask, read_order
 from tiktok_tracking.exceptions import InvalidOrderData
 from tiktok_tracking.hashing import sha256_hex
-from tiktok_tracking.models import BrowserReceipt, TrackedEvent
+from tiktok_tracking.models import ArchivedEvent, BrowserReceipt, TrackedEvent
 from tiktok_tracking.pixels import current_site_id, pixels_for_site, require_pixels, site_scoped
 from tiktok_tracking.publisher import enqueue_delivery
 
@@ -182,31 +182,42 @@ def _insert_once(pixel_ids, event_name, event_id, build_fields):
     should a statement fail, the shop's transaction must go on (on PostgreSQL an error would
     otherwise abort it), and the payment must still commit.
     """
+    # An event archived days ago (a webhook retried, a cron run again) is not recorded twice:
+    # the outbox's unique constraint no longer sees it, and TikTok would count it again.
+    archived = _recorded(ArchivedEvent, pixel_ids, event_name, event_id)
+    if archived:
+        return _with_the_rest(archived, pixel_ids, event_name, event_id, build_fields)
     try:
         with transaction.atomic():
             return [(row, True) for row in _insert_rows(pixel_ids, build_fields())]
     except IntegrityError:
         # Already recorded (a second signal for the same payment): the first rows stand.
-        existing = {
-            row.pixel_id: row
-            for row in TrackedEvent.objects.filter(
-                pixel_id__in=pixel_ids, event=event_name, event_id=event_id
-            )
-        }
-        missing = [pixel_id for pixel_id in pixel_ids if pixel_id not in existing]
-        if missing and len(missing) == len(pixel_ids):
+        existing = _recorded(TrackedEvent, pixel_ids, event_name, event_id)
+        if not existing:
             raise  # not a row recorded before: a real error, for the caller to log
-        # A pixel added to the settings since the first signal gets its row now.
-        added = dict(
-            (row.pixel_id, (row, created))
-            for row, created in (
-                _insert_once(missing, event_name, event_id, build_fields) if missing else ()
-            )
+        return _with_the_rest(existing, pixel_ids, event_name, event_id, build_fields)
+
+
+def _recorded(model, pixel_ids, event_name, event_id):
+    """``{pixel_id: row}`` of the event's rows already in ``model``'s table."""
+    rows = model.objects.filter(pixel_id__in=pixel_ids, event=event_name, event_id=event_id)
+    return {row.pixel_id: row for row in rows.defer("payload")}
+
+
+def _with_the_rest(existing, pixel_ids, event_name, event_id, build_fields):
+    """The ``existing`` rows, and rows inserted now for the pixels that have none (a pixel
+    added to the settings since the event was first recorded)."""
+    missing = [pixel_id for pixel_id in pixel_ids if pixel_id not in existing]
+    added = {
+        row.pixel_id: (row, created)
+        for row, created in (
+            _insert_once(missing, event_name, event_id, build_fields) if missing else ()
         )
-        return [
-            (existing[pixel_id], False) if pixel_id in existing else added[pixel_id]
-            for pixel_id in pixel_ids
-        ]
+    }
+    return [
+        (existing[pixel_id], False) if pixel_id in existing else added[pixel_id]
+        for pixel_id in pixel_ids
+    ]
 
 
 def _insert_rows(pixel_ids, fields):

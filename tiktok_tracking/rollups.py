@@ -10,7 +10,7 @@ from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
 from tiktok_tracking.events import MATCH_KEYS
-from tiktok_tracking.models import DailyRollup, TrackedEvent
+from tiktok_tracking.models import EVENT_TABLES, DailyRollup
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +72,19 @@ def group_aggregates(only=None):
     return counts
 
 
-def grouped_events(queryset, only=None, extra=None):
+def grouped_events(queryset, only=None, extra=None, by=None):
     """``queryset`` grouped by the rollup's key columns with the rollup's counts (one query).
 
-    A list of dicts keyed by the rollup's column names; ``extra`` adds aggregates of its own.
+    A list of dicts keyed by the rollup's column names; ``extra`` adds aggregates of its own,
+    ``by`` more columns to group by ({name: expression}).
     """
     expressions = group_expressions()
     plain = [name for name in GROUP_FIELDS if name not in expressions]
     annotated = {alias: expression for alias, expression in expressions.values()}
+    by = by or {}
     groups = (
-        queryset.annotate(**annotated)
-        .values(*plain, *annotated)
+        queryset.annotate(**annotated, **by)
+        .values(*plain, *annotated, *by)
         .annotate(**group_aggregates(only), **(extra or {}))
         .order_by()
     )
@@ -96,6 +98,36 @@ def grouped_events(queryset, only=None, extra=None):
     return rows
 
 
+def grouped_period(start, end, **options):
+    """The events created in ``[start, end)`` grouped as ``grouped_events`` groups them."""
+    return grouped_everywhere(Q(created_at__gte=start, created_at__lt=end), **options)
+
+
+def grouped_everywhere(condition, *, by=None, **options):
+    """``grouped_events`` of the rows matching ``condition`` in the outbox and the archive
+    together: a period older than OUTBOX_RETENTION_HOURS has rows in both."""
+    keys = (*GROUP_FIELDS, *(by or ()))
+    merged = {}
+    for model in EVENT_TABLES:
+        for group in grouped_events(model.objects.filter(condition), by=by, **options):
+            key = tuple(group[name] for name in keys)
+            if key in merged:
+                _add_group(merged[key], group, keys)
+            else:
+                merged[key] = group
+    return list(merged.values())
+
+
+def _add_group(total, group, keys):
+    for name, value in group.items():
+        if name in keys:
+            continue
+        if name.startswith("example_"):
+            total[name] = max(filter(None, (total[name], value)), default=total[name])
+        else:
+            total[name] += value
+
+
 def day_bounds(day):
     """The first instant of ``day`` and of the next day, in the site's time zone."""
     start = timezone.make_aware(datetime.combine(day, time.min))
@@ -105,7 +137,7 @@ def day_bounds(day):
 
 def _rebuild_day(day, computed_at):
     start, end = day_bounds(day)
-    groups = grouped_events(TrackedEvent.objects.filter(created_at__gte=start, created_at__lt=end))
+    groups = grouped_period(start, end)
     rows = [
         DailyRollup(
             day=day,

@@ -7,6 +7,7 @@ from tiktok_tracking import conf
 SWEEP_TASK_NAME = "TikTok tracking: sweep outbox"
 PURGE_TASK_NAME = "TikTok tracking: purge raw ip and user agent"
 ROLLUP_TASK_NAME = "TikTok tracking: roll up the dashboard's closed days"
+ARCHIVE_TASK_NAME = "TikTok tracking: archive finished events"
 
 
 def ensure_periodic_tasks(sender=None, using="default", **kwargs):
@@ -19,6 +20,7 @@ def ensure_periodic_tasks(sender=None, using="default", **kwargs):
         SWEEP_TASK_NAME: (int(conf.get("SWEEP_INTERVAL")), "tiktok_tracking.sweep_outbox"),
         PURGE_TASK_NAME: (3600, "tiktok_tracking.purge_personal_data"),
         ROLLUP_TASK_NAME: (900, "tiktok_tracking.refresh_rollups"),
+        ARCHIVE_TASK_NAME: (3600, "tiktok_tracking.archive_finished"),
     }
     for name, (seconds, task) in every.items():
         interval, _ = IntervalSchedule.objects.using(using).get_or_create(

@@ -1,4 +1,4 @@
-"""Celery tasks: deliver due events, sweep lost or stuck rows, purge raw personal data.
+"""Celery tasks: deliver, sweep lost or stuck rows, purge raw personal data, roll up, archive.
 
 Tasks carry no arguments, so no token or personal data: the broker is readable.
 """
@@ -7,7 +7,7 @@ import logging
 
 from celery import shared_task
 
-from tiktok_tracking import delivery, rollups
+from tiktok_tracking import archive, delivery, rollups
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +68,11 @@ def refresh_rollups():
     rebuilt = rollups.refresh_rollups()
     if rebuilt:
         logger.info("TikTok rollups: %d day(s) rebuilt", len(rebuilt))
+
+
+@shared_task(name="tiktok_tracking.archive_finished", acks_late=True, ignore_result=True)
+def archive_finished():
+    """Move finished rows older than OUTBOX_RETENTION_HOURS from the outbox to the archive."""
+    moved = archive.archive_finished()
+    if moved:
+        logger.info("TikTok archive: %d finished row(s) moved out of the outbox", moved)

@@ -35,6 +35,7 @@ from tiktok_tracking.adapters import (
     configured_adapter_class,
 )
 from tiktok_tracking.exceptions import InvalidOrderData
+from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.signals import payment_completed
 
 logger = logging.getLogger(__name__)
@@ -352,8 +353,12 @@ def _purchase_recorded(order) -> bool:
     except InvalidOrderData:
         # The receiver records such an order as invalid, once, under a key of its own.
         return False
-    # For any pixel: the receiver writes the rows of all the order's pixels at once.
-    return TrackedEvent.objects.filter(order_id=order_id, event=event, event_id=event_id).exists()
+    # For any pixel: the receiver writes the rows of all the order's pixels at once. Named by
+    # pixel, the lookup runs on the outbox's unique index (it keeps none on order_id).
+    pixel_ids = [pixel.pixel_id for pixel in configured_pixels()]
+    return TrackedEvent.objects.filter(
+        pixel_id__in=pixel_ids, event=event, event_id=event_id
+    ).exists()
 
 
 def _keep_context(order, request):
