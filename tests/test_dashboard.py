@@ -9,29 +9,32 @@ from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import PermissionDenied
 from django.db import connection
+from django.template.loader import render_to_string
 from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from tiktok_tracking.config_log import record_config_if_changed
 from tiktok_tracking.dashboard import (
     FAIL,
     PASS,
+    RULES,
     WARN,
     HealthFacts,
     Ratio,
-    daily_chart_svg,
+    daily_chart,
     daily_series,
+    dashboard_context,
     dashboard_view,
     evaluate_checklist,
     failure_rows,
     period_days,
-    redact,
     top_groups,
 )
 from tiktok_tracking.events import MATCH_KEYS
-from tiktok_tracking.models import BrowserReceipt, ConfigChange, TrackedEvent
-from tiktok_tracking.rollups import rebuild_days
+from tiktok_tracking.models import BrowserReceipt, ConfigChange, DailyRollup, TrackedEvent
+from tiktok_tracking.rollups import rebuild_days, refresh_rollups
 
 Status = TrackedEvent.Status
 PIXEL = "CTESTPIXEL0001"
@@ -103,6 +106,19 @@ def by_label(rows):
 
 def statuses(response):
     return {item.key: item.status for item in response.context_data["checklist"]}
+
+
+def chart_svg(days):
+    """The daily chart as the dashboard draws it, from the view's numbers."""
+    return render_to_string(
+        "admin/tiktok_tracking/dashboard_chart.html", {"chart": daily_chart(days)}
+    )
+
+
+@pytest.fixture
+def recorded_config():
+    """The configuration as the sweeper records it (a page only reads it)."""
+    return record_config_if_changed()
 
 
 @pytest.fixture
@@ -279,23 +295,60 @@ def test_daily_chart_has_one_bar_group_per_day(shop_week):
 
 def test_chart_escapes_text_and_has_empty_states():
     hostile = '<script>alert("x")</script>'
-    svg = daily_chart_svg([{"day": hostile, "delivered": 3, "failed": 1, "suppressed": 0}])
+    svg = chart_svg([{"day": hostile, "delivered": 3, "failed": 1, "suppressed": 0}])
     assert hostile not in svg
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in svg
     assert svg.count('class="chart-day"') == 1
     assert hasattr(svg, "__html__")
-    empty = daily_chart_svg([])
+    empty = chart_svg([])
     assert "No days to show." in empty and "chart-day" not in empty
     first = timezone.localdate()
-    quiet = daily_chart_svg(daily_series([], first, 30))
+    quiet = chart_svg(daily_series([], first, 30))
     assert quiet.count('class="chart-day"') == 30
     assert "No server events in this period." in quiet
+
+
+def test_chart_is_numbers_drawn_by_the_template():
+    """The view hands the template numbers and texts, never markup."""
+    first = timezone.localdate()
+    chart = daily_chart(daily_series([{"day": first, "delivered": 7}], first, 30))
+
+    def leaves(value):
+        if isinstance(value, dict):
+            return [leaf for item in value.values() for leaf in leaves(item)]
+        if isinstance(value, list):
+            return [leaf for item in value for leaf in leaves(item)]
+        return [value]
+
+    assert not any(hasattr(leaf, "__html__") or "<" in str(leaf) for leaf in leaves(chart))
+    assert chart["ceiling"] == 10
+    assert [tick["value"] for tick in chart["ticks"]] == [0, 5, 10]
+    assert sum(1 for day in chart["days"] if day["label"]) == 10  # every third day of thirty
+    svg = chart_svg(daily_series([{"day": first, "delivered": 7}], first, 30))
+    assert ">10</text>" in svg and ">5</text>" in svg
+    assert f"{first.isoformat()}: 7 delivered, 0 failed, 0 suppressed</title>" in svg
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_chart_coordinates_are_never_localized(language):
+    from django.utils import translation
+
+    first = timezone.localdate()
+    with translation.override(language):
+        svg = chart_svg(daily_series([{"day": first, "delivered": 3, "failed": 1}], first, 7))
+    shapes = svg.split("<svg", 1)[1].split(">", 1)[1]  # the svg's own width is "100%"
+    numbers = re.findall(r' (?:x|y|width|height|x1|x2|y1|y2|stroke-opacity)="([^"]*)"', shapes)
+    assert numbers and all(re.fullmatch(r"-?\d+(\.\d+)?", number) for number in numbers)
 
 
 def test_chart_stacks_bars_in_proportion():
     first = timezone.localdate()
     rows = [{"day": first, "delivered": 6, "failed": 2, "suppressed": 2}]
-    svg = daily_chart_svg(daily_series(rows, first, 1))
+    (day,) = daily_chart(daily_series(rows, first, 1))["days"]
+    delivered, failed, suppressed = (segment["height"] for segment in day["segments"])
+    assert delivered == pytest.approx(3 * failed, rel=0.02)
+    assert failed == pytest.approx(suppressed, rel=0.02)
+    svg = chart_svg(daily_series(rows, first, 1))
     bars = svg.split('class="chart-day"', 1)[1]  # after the legend's swatches
     heights = [
         float(h)
@@ -336,7 +389,7 @@ def test_period_days():
 
 
 @pytest.mark.django_db
-def test_healthy_setup_passes_every_check():
+def test_healthy_setup_passes_every_check(recorded_config):
     rows = [
         event(
             f"order_{i}",
@@ -361,6 +414,7 @@ def test_healthy_setup_passes_every_check():
 @pytest.mark.django_db
 def test_unhealthy_setup_fails_the_right_checks(settings):
     settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "CONSENT_OPT_IN_COUNTRIES": ()}
+    record_config_if_changed()  # as the sweeper does after a change
     rows = [
         event(f"order_{i}", country="US", match_keys=keys("ip", "user_agent")) for i in range(20)
     ]
@@ -391,7 +445,7 @@ def test_unhealthy_setup_fails_the_right_checks(settings):
 
 
 @pytest.mark.django_db
-def test_empty_shop_warns_instead_of_passing():
+def test_empty_shop_warns_instead_of_passing(recorded_config):
     page = get_page()
     assert statuses(page) == {
         "pixel_fires": WARN,
@@ -466,11 +520,15 @@ def test_top_countries_fold_the_rest_into_other():
 
 
 def test_redaction_and_failure_labels():
+    def example(text, secrets=()):
+        row = {"last_code": 40002, "count": 1, "example": text}
+        return failure_rows([row], secrets)[0]["example"]
+
     text = f"bad {RAW_EMAIL} from {RAW_IP} {RAW_PHONE} token-123 ua {RAW_UA}"
-    cleaned = redact(text, secrets=["token-123"])
+    cleaned = example(text, secrets=["token-123"])
     for secret in (RAW_EMAIL, RAW_IP, RAW_PHONE, "token-123", "SecretBrowser"):
         assert secret not in cleaned
-    assert len(redact("x" * 1000)) == 160
+    assert len(example("x" * 1000)) == 160
     rows = failure_rows(
         [
             {"last_code": None, "count": 1, "example": "", "example_error": "timeout"},
@@ -538,7 +596,9 @@ def test_query_count_does_not_grow_with_rows(django_assert_max_num_queries):
     user = superuser()
     create(spread(10, "a"))
     BrowserReceipt.objects.bulk_create([receipt(f"order_a{i}") for i in range(5)])
-    get_page(user)  # records the configuration once; later pages only read it
+    # The sweeper records the configuration and beat rolls the closed days up; pages only read.
+    record_config_if_changed()
+    refresh_rollups()
     assert ConfigChange.objects.count() == 1
 
     with CaptureQueriesContext(connection) as small:
@@ -553,3 +613,160 @@ def test_query_count_does_not_grow_with_rows(django_assert_max_num_queries):
     assert len(large) == len(small)
     assert len(page.context_data["countries"]) == 21  # top 20 and "other"
     assert page.context_data["summary"]["recorded"] == 500
+
+
+# --- GET never writes -------------------------------------------------------------------------
+
+WRITE_STATEMENT = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|MERGE|TRUNCATE)\b", re.IGNORECASE)
+
+
+def writes(queries):
+    return [
+        query["sql"] for query in queries.captured_queries if WRITE_STATEMENT.match(query["sql"])
+    ]
+
+
+def figures(context):
+    """What the page shows, for comparing two ways of counting the same rows."""
+    return {
+        "summary": context["summary"],
+        "countries": context["countries"],
+        "consents": context["consents"],
+        "match_keys": context["match_keys"],
+        "failures": context["failures"],
+        "daily": context["daily"],
+        "checklist": [(item.key, item.status, item.detail) for item in context["checklist"]],
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("days", ["1", "7", "30"])
+def test_a_get_of_the_dashboard_never_writes(days, settings):
+    """No rollup built, no configuration recorded: beat and the sweeper do that, not a page."""
+    create(spread(60, "w"))
+    create([event("order_month", age=timedelta(days=20))])
+    BrowserReceipt.objects.bulk_create([receipt(f"order_w{i}") for i in range(10)])
+    client = Client()
+    client.force_login(superuser())
+    url = reverse("admin:tiktok_tracking_trackedevent_dashboard")
+
+    # Nothing rolled up and nothing recorded: the two writes the page used to make itself.
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, {"days": days})
+    assert response.status_code == 200
+    assert writes(queries) == []
+    assert not DailyRollup.objects.exists() and not ConfigChange.objects.exists()
+    closed = int(days) - 1
+    assert response.context["live_days"] == closed
+    if closed:
+        assert (
+            f"{closed} closed days of this period are not rolled up yet"
+            in response.content.decode()
+        )
+
+    # A configuration recorded, then changed: still only read.
+    record_config_if_changed()
+    settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "CONSENT_POLICY_VERSION": "v2"}
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, {"days": days})
+    assert writes(queries) == []
+    assert ConfigChange.objects.count() == 1
+    item = next(i for i in response.context["checklist"] if i.key == "config_recorded")
+    assert item.status == WARN
+    assert "The settings changed after the last record" in item.detail
+
+
+@pytest.mark.django_db
+def test_unrolled_days_read_live_show_what_the_rollups_show(shop_week):
+    create(spread(120, "r"))
+    user = superuser()
+    live = {days: get_page(user, days=days).context_data for days in ("1", "7", "30")}
+    assert [live[days]["live_days"] for days in ("1", "7", "30")] == [0, 6, 29]
+    assert not DailyRollup.objects.exists()
+
+    refresh_rollups()
+    rolled_up = {days: get_page(user, days=days).context_data for days in ("1", "7", "30")}
+    for days in ("1", "7", "30"):
+        assert rolled_up[days]["live_days"] == 0
+        assert figures(live[days]) == figures(rolled_up[days])
+
+    # Some days rolled up and some not (a gap in the middle, and yesterday): the same again.
+    today = timezone.localdate()
+    DailyRollup.objects.filter(day__in=[today - timedelta(days=n) for n in (1, 3, 4, 10)]).delete()
+    mixed = get_page(user, days="30")
+    assert mixed.context_data["live_days"] == 4
+    assert figures(mixed.context_data) == figures(rolled_up["30"])
+    assert "4 closed days of this period are not rolled up yet" in mixed.content.decode()
+
+
+@pytest.mark.django_db
+def test_days_read_live_cost_no_extra_query():
+    user = superuser()
+    create(spread(100, "q"))
+    counts = {}
+    for state in ("unrolled", "rolled up"):
+        if state == "rolled up":
+            refresh_rollups()
+        for days in ("1", "7", "30"):
+            with CaptureQueriesContext(connection) as queries:
+                get_page(user, days=days)
+            counts[state, days] = len(queries)
+    assert len(set(counts.values())) == 1, counts
+
+
+@pytest.mark.django_db
+def test_stale_purchases_of_unrolled_days_are_counted():
+    """In flight for hours on a day not rolled up yet: stale, read from the live rows."""
+    create(
+        [
+            event("order_old", Status.PENDING, age=timedelta(days=3)),
+            event("order_older", Status.SENDING, age=timedelta(days=5)),
+            event("order_new", Status.PENDING),
+        ]
+    )
+    summary = dashboard_context(7)["summary"]
+    assert (summary["in_flight"], summary["stale_in_flight"]) == (3, 2)
+    refresh_rollups()
+    rolled_up = dashboard_context(7)["summary"]
+    assert (rolled_up["in_flight"], rolled_up["stale_in_flight"]) == (3, 2)
+
+
+@pytest.mark.django_db
+def test_configuration_line_judges_what_is_stored(settings):
+    def config_item():
+        context = dashboard_context(7)
+        return next(i for i in context["checklist"] if i.key == "config_recorded")
+
+    item = config_item()
+    assert (item.status, item.detail) == (WARN, "No configuration recorded yet.")
+    assert not ConfigChange.objects.exists()
+    record_config_if_changed()
+    assert config_item().status == PASS
+    settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "PURCHASE_EVENT": "CompletePayment"}
+    item = config_item()
+    assert item.status == WARN
+    assert timezone.localdate().isoformat() in item.detail
+    record_config_if_changed()
+    item = config_item()
+    assert (item.status, ConfigChange.objects.count()) == (PASS, 2)
+    assert "2 changes recorded" in item.detail
+
+
+def test_the_checklist_is_one_table_of_rules():
+    keys = [rule.key for rule in RULES]
+    assert keys == [
+        "pixel_fires",
+        "server_delivers",
+        "ids_match",
+        "names_match",
+        "orders_reconcile",
+        "dedup_visible",
+        "match_quality",
+        "consent_policy",
+        "config_recorded",
+    ]
+    for rule in RULES:
+        # Every rule ends with a case that always holds: each is judged whatever the facts.
+        assert rule.cases[-1].when({}) is True, rule.key
+    facts = HealthFacts(purchase_event="Purchase")
+    assert [item.key for item in evaluate_checklist(facts)] == keys
