@@ -85,38 +85,37 @@ def test_archiving_moves_any_number_of_rows_in_chunks():
 
 
 @pytest.mark.django_db
-def test_a_payment_signalled_again_after_its_event_was_archived_is_not_recorded_twice(
-    django_capture_on_commit_callbacks,
-):
+def test_a_payment_signalled_again_after_its_event_was_archived_is_sent_once(sandbox):
     order = make_order("A1")
     pay(order)
+    delivery.deliver_due_events()
     row = TrackedEvent.objects.get()
-    TrackedEvent.objects.filter(pk=row.pk).update(status=Status.DELIVERED)
     age([row], 80)
     assert archive.archive_finished() == 1
+    sandbox.reset()
 
-    with django_capture_on_commit_callbacks() as callbacks:
-        pay(order)  # a webhook retried days later
+    pay(order)  # a webhook retried days later: the outbox no longer sees the first row
+    report = delivery.deliver_due_events()
 
+    assert report.duplicates == 1 and report.delivered == 0
+    assert sandbox.requests == []
     assert not TrackedEvent.objects.exists()
     assert ArchivedEvent.objects.get().event_id == "order_A1"
-    assert callbacks == []  # nothing new to deliver
 
 
 @pytest.mark.django_db
-def test_a_pixel_added_since_the_event_was_archived_gets_its_row():
-    order = make_order("A2")
-    pay(order)
-    first = TrackedEvent.objects.get()
-    TrackedEvent.objects.update(status=Status.DELIVERED)
-    age([first], 80)
+def test_a_twin_never_sent_is_dropped_when_archived_and_the_first_event_stands():
+    [row] = outbox_rows(1, prefix="twin")
+    TrackedEvent.objects.update(status=Status.DELIVERED, last_request_id="first")
+    age([row], 80)
     archive.archive_finished()
-    second = {"PIXEL_ID": "CSECONDPIXEL", "ACCESS_TOKEN": "second-token-0123456789"}
-    first_pixel = {"PIXEL_ID": PIXEL, "ACCESS_TOKEN": "test-access-token-0123456789"}
-    with tracking(PIXELS=[first_pixel, second], PIXEL_ID=None, ACCESS_TOKEN=None):
-        pay(order)
-    assert list(TrackedEvent.objects.values_list("pixel_id", flat=True)) == ["CSECONDPIXEL"]
-    assert list(ArchivedEvent.objects.values_list("pixel_id", flat=True)) == [PIXEL]
+    # Recorded again and suppressed (consent withdrawn since): never claimed by a worker.
+    [twin] = outbox_rows(1, prefix="twin")
+    TrackedEvent.objects.update(status=Status.SUPPRESSED)
+    age([twin], 80)
+    assert archive.archive_finished() == 1
+    assert not TrackedEvent.objects.exists()
+    assert ArchivedEvent.objects.get().last_request_id == "first"
 
 
 @pytest.mark.django_db

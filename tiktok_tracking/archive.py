@@ -28,27 +28,36 @@ def archive_finished(now=None, retention_hours=None, chunk_size=CHUNK_SIZE):
     now = now or timezone.now()
     hours = conf.get("OUTBOX_RETENTION_HOURS") if retention_hours is None else retention_hours
     cutoff = now - timedelta(hours=hours)
-    moved = 0
+    moved, after = 0, 0
     while True:
-        count = _archive_chunk(cutoff, now, chunk_size)
+        count, after = _archive_chunk(cutoff, now, chunk_size, after)
         moved += count
         if count < chunk_size:
             return moved
 
 
-def _archive_chunk(cutoff, now, chunk_size):
-    finished = TrackedEvent.objects.filter(status__in=FINISHED, updated_at__lt=cutoff)
+def _archive_chunk(cutoff, now, chunk_size, after):
+    """Move up to ``chunk_size`` rows with ids above ``after``; ``(moved, last id seen)``.
+
+    Walking the ids upwards keeps each chunk's scan off the rows the chunks before it deleted
+    (dead until vacuumed): restarting from the lowest id would read them all again each time.
+    """
+    finished = TrackedEvent.objects.filter(pk__gt=after, status__in=FINISHED, updated_at__lt=cutoff)
     with transaction.atomic():
         if connection.features.has_select_for_update_skip_locked:
             finished = finished.select_for_update(skip_locked=True)
         rows = list(finished.order_by("pk").values("pk", *SHARED_FIELDS)[:chunk_size])
         if not rows:
-            return 0
+            return 0, after
+        # A conflict is a twin recorded after its event was archived, and never sent (the
+        # worker drops twins it claims; a suppressed or failed one is never claimed): the
+        # archived event stands, the twin goes.
         ArchivedEvent.objects.bulk_create(
-            [ArchivedEvent(id=row["pk"], archived_at=now, **_shared(row)) for row in rows]
+            [ArchivedEvent(id=row["pk"], archived_at=now, **_shared(row)) for row in rows],
+            ignore_conflicts=True,
         )
         TrackedEvent.objects.filter(pk__in=[row["pk"] for row in rows]).delete()
-    return len(rows)
+    return len(rows), rows[-1]["pk"]
 
 
 def _shared(row):

@@ -4,12 +4,13 @@ import logging
 from dataclasses import dataclass, fields
 
 from django.core.exceptions import DisallowedHost
-from django.db import connection
+from django.db import connections, router
 from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.boundaries import fit_fields, fit_text, private_url
 from tiktok_tracking.events import BrowserContext
+from tiktok_tracking.sql import checkout_context
 from tiktok_tracking.visitor import TTP_COOKIE, clean_cookie, client_ip, get_visitor
 
 logger = logging.getLogger(__name__)
@@ -92,12 +93,11 @@ def merge_contexts(fresh, stored):
 
 
 def save_context(order_id, context, snapshot, *, exists=None):
-    """Store (or refresh) the context of one order.
+    """Store (or refresh) the context of one order, in one statement and no savepoint.
 
-    ``exists`` says whether a row is known to exist (True), known not to (False), or unknown.
-    One statement when known, two at most otherwise, and no savepoints: this runs inside the
-    shop's payment transaction. If two requests store the same new order at once, the first
-    insert stands.
+    ``exists`` False says no row is known to exist: then, if two requests store the same new
+    order at once, the first insert stands. Otherwise the row is inserted or refreshed (an
+    upsert). This runs inside the shop's payment transaction, and on its checkout page.
     """
     from tiktok_tracking.models import CheckoutContext
 
@@ -119,11 +119,13 @@ def save_context(order_id, context, snapshot, *, exists=None):
             "personal_data_purged_at": None,
         },
     )
-    if exists is not False and CheckoutContext.objects.filter(order_id=order_id).update(**values):
-        return
-    if connection.features.supports_ignore_conflicts:
+    row = [CheckoutContext(order_id=order_id, **values)]
+    features = connections[router.db_for_write(CheckoutContext)].features
+    if exists is False and features.supports_ignore_conflicts:
+        CheckoutContext.objects.bulk_create(row, ignore_conflicts=True)
+    elif exists is not False and features.supports_update_conflicts_with_target:
         CheckoutContext.objects.bulk_create(
-            [CheckoutContext(order_id=order_id, **values)], ignore_conflicts=True
+            row, update_conflicts=True, unique_fields=["order_id"], update_fields=list(values)
         )
     else:
         CheckoutContext.objects.update_or_create(order_id=order_id, defaults=values)
@@ -147,27 +149,23 @@ STORED_FIELDS = (
 
 def stored_context(order_id):
     """The context and consent snapshot captured for an order, or (None, None)."""
-    from tiktok_tracking.models import CheckoutContext
-
-    # Sliced, not .first(): the order_id is unique, and an ORDER BY would only cost.
-    row = next(
-        iter(CheckoutContext.objects.filter(order_id=order_id).values(*STORED_FIELDS)[:1]), None
-    )
+    # Read on every payment: a statement written once (tiktok_tracking.sql), not per order.
+    row = checkout_context(order_id, STORED_FIELDS)
     if row is None:
         return None, None
     context = BrowserContext(
-        ttclid=row["ttclid"] or None,
-        ttp=row["ttp"] or None,
-        ip=row["ip"] or None,
-        user_agent=row["user_agent"] or None,
-        page_url=row["page_url"] or None,
-        referrer=row["referrer"] or None,
-        locale=row["locale"] or None,
+        ttclid=row.ttclid or None,
+        ttp=row.ttp or None,
+        ip=row.ip or None,
+        user_agent=row.user_agent or None,
+        page_url=row.page_url or None,
+        referrer=row.referrer or None,
+        locale=row.locale or None,
     )
     snapshot = ConsentSnapshot(
-        visitor_id=row["visitor_id"],
-        consent_status=row["consent_status"] or None,
-        country=row["country"] or None,
-        limited_data_use=row["limited_data_use"],
+        visitor_id=row.visitor_id,
+        consent_status=row.consent_status or None,
+        country=row.country or None,
+        limited_data_use=row.limited_data_use,
     )
     return context, snapshot

@@ -22,7 +22,13 @@ from tiktok_tracking import conf
 from tiktok_tracking.client import DELIVERED, PERMANENT, TRANSIENT, EventsApiClient, Outcome
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.events import compact_json, encode_request_body
-from tiktok_tracking.models import CheckoutContext, ConsentRecord, DeliveryAttempt, TrackedEvent
+from tiktok_tracking.models import (
+    ArchivedEvent,
+    CheckoutContext,
+    ConsentRecord,
+    DeliveryAttempt,
+    TrackedEvent,
+)
 from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.signals import events_delivered, events_failed
 from tiktok_tracking.standards import CODE_INVALID_PARAMETER
@@ -68,6 +74,8 @@ class DrainReport:
     retrying: int = 0
     failed: int = 0
     suppressed: int = 0
+    # Rows recorded again for an event already delivered and archived: deleted, not sent.
+    duplicates: int = 0
     requests: int = 0
     more_due: bool = False
     # Seconds until the earliest retry scheduled by this drain, if any.
@@ -81,6 +89,8 @@ class ClaimedRow:
 
     pk: int
     pixel_id: str
+    event: str
+    event_id: str
     test_event_code: str
     visitor_id: str
     consent_status: str
@@ -227,6 +237,7 @@ def start_sending(rows, sender, report, send_by=None):
     """Put each request of the claimed rows on the wire;
     ``[(pixel, code, rows, future, send_by)]``."""
     in_flight = []
+    rows = drop_archived_twins(rows, report)
     for pixel, test_event_code, group in sendable_groups(rows, report):
         if pixel is None:
             # Rows of a pixel taken out of the settings: failed, and resendable once it is back.
@@ -248,6 +259,36 @@ def finish_sending(in_flight, sender, report):
         send_group(
             sender, pixel, test_event_code, group, report, outcome=future.result(), send_by=send_by
         )
+
+
+def drop_archived_twins(rows, report):
+    """The claimed rows but those whose event is already in the archive (one query a batch).
+
+    Such a row was recorded again after the first one finished and moved to the archive (a
+    webhook retried days later, a cron run twice): the outbox's unique constraint could no
+    longer see it. Checked here rather than at checkout, where it would cost every payment a
+    query; the twin is deleted, the archived event stands, and TikTok counts it once.
+    """
+    if not rows:
+        return rows
+    archived = set(
+        ArchivedEvent.objects.filter(event_id__in={row.event_id for row in rows}).values_list(
+            "pixel_id", "event", "event_id"
+        )
+    )
+    twins = [row for row in rows if (row.pixel_id, row.event, row.event_id) in archived]
+    if not twins:
+        return rows
+    TrackedEvent.objects.filter(
+        pk__in=[row.pk for row in twins], claim_token__in={row.claim_token for row in twins}
+    ).delete()
+    report.duplicates += len(twins)
+    logger.info(
+        "TikTok delivery: %d event(s) recorded again after being archived, not sent twice",
+        len(twins),
+    )
+    dropped = {row.pk for row in twins}
+    return [row for row in rows if row.pk not in dropped]
 
 
 def sendable_groups(rows, report):

@@ -2,11 +2,11 @@
 
 import logging
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
 from django.db import IntegrityError, transaction
-from django.db.models import Subquery
 from django.utils import timezone
 
 from tiktok_tracking import conf
@@ -25,9 +25,10 @@ from tiktok_tracking.context import (
 from tiktok_tracking.events import build_event, event_id_for, match_key_mask, read_order
 from tiktok_tracking.exceptions import InvalidOrderData
 from tiktok_tracking.hashing import sha256_hex
-from tiktok_tracking.models import ArchivedEvent, BrowserReceipt, TrackedEvent
+from tiktok_tracking.models import TrackedEvent
 from tiktok_tracking.pixels import current_site_id, pixels_for_site, require_pixels, site_scoped
 from tiktok_tracking.publisher import enqueue_delivery
+from tiktok_tracking.sql import receipt_time
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +55,24 @@ def capture_context(request, order):
     raises into the checkout: what cannot be captured is logged, and the order's purchase is
     still recorded when it is paid. Returns the captured context, or None.
     """
-    try:
-        adapter = adapter_for(order)
-        context = context_from_request(request)
-        snapshot = snapshot_from_request(request, country=_order_country(adapter))
-        save_context(clean_order_id(adapter.order_id()), context, snapshot)
-    except Exception:
-        logger.exception("Could not capture the checkout context of an order")
-        return None
-    for event in conf.get("SERVER_FUNNEL_EVENTS"):
-        record_order_event(event, order, context=context, snapshot=snapshot)
+    # Outside the shop's transaction, the context and the funnel events commit together:
+    # one commit (a disk flush) on the checkout page rather than one per statement.
+    own_transaction = transaction.get_autocommit()
+    with transaction.atomic() if own_transaction else nullcontext():
+        try:
+            adapter = adapter_for(order)
+            context = context_from_request(request)
+            snapshot = snapshot_from_request(request, country=_order_country(adapter))
+            save_context(clean_order_id(adapter.order_id()), context, snapshot)
+        except Exception:
+            logger.exception("Could not capture the checkout context of an order")
+            if own_transaction:
+                # A failed statement leaves nothing to commit (and PostgreSQL nothing it
+                # could commit): rolled back quietly, the checkout goes on.
+                transaction.set_rollback(True)
+            return None
+        for event in conf.get("SERVER_FUNNEL_EVENTS"):
+            record_order_event(event, order, context=context, snapshot=snapshot)
     return context
 
 
@@ -182,11 +191,8 @@ def _insert_once(pixel_ids, event_name, event_id, build_fields):
     should a statement fail, the shop's transaction must go on (on PostgreSQL an error would
     otherwise abort it), and the payment must still commit.
     """
-    # An event archived days ago (a webhook retried, a cron run again) is not recorded twice:
-    # the outbox's unique constraint no longer sees it, and TikTok would count it again.
-    archived = _recorded(ArchivedEvent, pixel_ids, event_name, event_id)
-    if archived:
-        return _with_the_rest(archived, pixel_ids, event_name, event_id, build_fields)
+    # An event archived days ago is not looked up here (a query on every payment): recorded
+    # again, its twin is dropped by the worker (delivery.drop_archived_twins), never sent.
     try:
         with transaction.atomic():
             return [(row, True) for row in _insert_rows(pixel_ids, build_fields())]
@@ -201,7 +207,7 @@ def _insert_once(pixel_ids, event_name, event_id, build_fields):
 def _recorded(model, pixel_ids, event_name, event_id):
     """``{pixel_id: row}`` of the event's rows already in ``model``'s table."""
     rows = model.objects.filter(pixel_id__in=pixel_ids, event=event_name, event_id=event_id)
-    return {row.pixel_id: row for row in rows.defer("payload")}
+    return {row.pixel_id: row for row in rows}
 
 
 def _with_the_rest(existing, pixel_ids, event_name, event_id, build_fields):
@@ -228,11 +234,7 @@ def _insert_rows(pixel_ids, fields):
             **fit_fields(TrackedEvent, {**fields, "pixel_id": pixel_id}),
             # The thank-you page's receipt may have come first (a webhook often arrives
             # later): read by the INSERT itself, which spares the checkout a round trip.
-            browser_seen_at=Subquery(
-                BrowserReceipt.objects.filter(
-                    pixel_id=pixel_id, event=fields["event"], event_id=fields["event_id"]
-                ).values("received_at")[:1]
-            ),
+            browser_seen_at=receipt_time(pixel_id, fields["event"], fields["event_id"]),
         )
         for pixel_id in pixel_ids
     ]
