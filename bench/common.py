@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,53 @@ from urllib.parse import urlsplit
 from tests.processes import terminate
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# A percentile is printed only when at least this many samples lie beyond it, so that it is not
+# the luck of one or two samples: a p95 needs 400 samples, a p99 2,000.
+TAIL_SAMPLES = 20
+P95_MIN_SAMPLES = TAIL_SAMPLES * 20
+P99_MIN_SAMPLES = TAIL_SAMPLES * 100
+# What a table prints where a figure was not computed.
+NO_FIGURE = "—"
+
+
+def spread(samples):
+    """Sample count, median, p95 and p99 of ``samples``; a percentile with fewer than
+    ``TAIL_SAMPLES`` samples beyond it is None (printed as NO_FIGURE)."""
+    count = len(samples)
+    result = {"n": count, "median": statistics.median(samples), "p95": None, "p99": None}
+    if count >= P95_MIN_SAMPLES:
+        cuts = statistics.quantiles(samples, n=100, method="inclusive")
+        result["p95"] = cuts[94]
+        if count >= P99_MIN_SAMPLES:
+            result["p99"] = cuts[98]
+    return result
+
+
+def share(total, parts, index):
+    """Part ``index`` of ``total`` cut into ``parts`` near-equal parts that add up to it."""
+    return total * (index + 1) // parts - total * index // parts
+
+
+def difference(first, second):
+    """``first - second``, or None when either was not computed."""
+    return None if first is None or second is None else first - second
+
+
+def cell(value, width, spec=".2f"):
+    """``value`` formatted with ``spec`` and right-aligned in ``width``; NO_FIGURE for None."""
+    return (NO_FIGURE if value is None else format(value, spec)).rjust(width)
+
+
+def percentile_note(counts, unit="samples"):
+    """Why a table shows NO_FIGURE for some percentiles, or None when it shows none."""
+    fewest = min(counts)
+    if fewest >= P99_MIN_SAMPLES:
+        return None
+    return (
+        f"{NO_FIGURE}: not computed from so few {unit} (a p95 needs {P95_MIN_SAMPLES:,}, a p99 "
+        f"{P99_MIN_SAMPLES:,}: at least {TAIL_SAMPLES} beyond the cut)"
+    )
 
 
 def database_name(url, purpose):

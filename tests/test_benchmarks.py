@@ -1,50 +1,86 @@
 """Every benchmark runs to completion on tiny sizes, so that none can rot between releases.
 
 The figures of such a run mean nothing; what is checked is that each benchmark starts, does its
-work against the real services and prints its table. They need PostgreSQL and Redis, and run
+work against the real services and prints its tables. They need PostgreSQL and Redis, and run
 in the CI's PostgreSQL pass.
+
+Each benchmark gets databases named after this session's test database, so that two sessions
+on one server (two checkouts, pytest-xdist) do not drop each other's; and, when the session's
+``CELERY_BROKER_URL`` is a Redis database other than 0, that database as its broker (the
+benchmarks flush it), else its own default.
 """
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Each benchmark with the options that make it take seconds, and a line its report must print.
+# Each run: the benchmark's module, the options that make it take seconds, and lines its
+# report must print. "{postgres}/{db}_<suffix>" names a database of this session's;
+# "{redis}" the broker option, if the session has a Redis database to lend.
 TINY_RUNS = {
-    "tags": (["--loops", "20"], "tiktok_purchase"),
-    "checkout": (["--orders", "50"], "median"),
+    "tags": ("tags", ["--samples", "50", "--rounds", "2"], ["tiktok_purchase", "middleware"]),
+    "checkout": (
+        "checkout",
+        ["--orders", "20", "--naive-orders", "3", "--rounds", "1"],
+        ["capture_context", "median"],
+    ),
     "checkout_postgres": (
-        ["--orders", "50", "--database-url", "{postgres}/tiktok_bench_checkout_ci"],
-        "median",
+        "checkout",
+        [
+            "--orders", "20", "--naive-orders", "3", "--rounds", "1",
+            "--database-url", "{postgres}/{db}_checkout",
+        ],
+        ["capture_context", "median"],
+    ),
+    "checkout_profile": (
+        "checkout",
+        ["--profile", "--orders", "10", "--rounds", "1"],
+        ["SQL statements", "in Python", "by cumulative time"],
+    ),
+    "checkout_profile_postgres": (
+        "checkout",
+        [
+            "--profile", "--orders", "10", "--rounds", "1",
+            "--database-url", "{postgres}/{db}_checkout_profile",
+        ],
+        ["SQL statements", "in Python", "by cumulative time"],
     ),
     "delivery": (
+        "delivery",
         [
             "--events", "1000", "--single-events", "20", "--memory-events", "1000",
             "--workers", "1", "--profile-events", "200",
-            "--database-url", "{postgres}/tiktok_bench_delivery_ci",
+            "--database-url", "{postgres}/{db}_delivery", "{redis:--redis-url}",
         ],
-        "events/s",
+        ["events/s"],
     ),
     "latency": (
-        ["--rate", "20", "--seconds", "3", "--database-url", "{postgres}/tiktok_bench_latency_ci"],
-        "p99",
+        "latency",
+        [
+            "--rate", "20", "--seconds", "3", "--database-url", "{postgres}/{db}_latency",
+            "{redis:--broker-url}",
+        ],
+        ["p99"],
     ),
     "admin_scale": (
-        ["--rows", "3000", "--database-url", "{postgres}/tiktok_bench_admin_ci"],
-        "ms",
+        "admin_scale",
+        ["--rows", "3000", "--database-url", "{postgres}/{db}_admin"],
+        ["ms"],
     ),
     "soak": (
+        "soak",
         [
             "--rate", "20", "--seconds", "4", "--block-seconds", "2",
-            "--database-url", "{postgres}/tiktok_bench_soak_ci",
+            "--database-url", "{postgres}/{db}_soak", "{redis:--broker-url}",
         ],
-        "p99",
+        ["p99"],
     ),
 }  # fmt: skip
 
@@ -58,26 +94,74 @@ def postgres_server_url():
     return f"postgres://{user}@{settings.get('HOST') or '127.0.0.1'}:{settings.get('PORT') or 5432}"
 
 
+def database_prefix():
+    """This session's benchmark databases' prefix: the test database's name, and 'bench' (the
+    benchmarks refuse a database not named for them); short enough for PostgreSQL's 63."""
+    return f"{connection.settings_dict['NAME'][:40]}_bench"
+
+
+def lent_broker():
+    """The session's Redis broker database for the benchmarks, unless it is database 0."""
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or parts.path.strip("/") in ("", "0"):
+        return None
+    return url
+
+
+def command_line(module, options, postgres):
+    """The benchmark's command line, and the PostgreSQL database it is given, if any."""
+    broker = lent_broker()
+    line = [sys.executable, "-m", f"bench.{module}"]
+    database = None
+    for option in options:
+        if option.startswith("{redis:"):
+            if broker:
+                line += [option.removeprefix("{redis:").removesuffix("}"), broker]
+            continue
+        line.append(option.format(postgres=postgres, db=database_prefix()))
+        if "{postgres}" in option:
+            database = urlsplit(line[-1]).path.lstrip("/")
+    return line, database
+
+
+def drop_database(name):
+    """Drop a database a benchmark left (admin_scale keeps its own for the next run)."""
+    import psycopg
+    from psycopg import sql
+
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings.get("HOST") or "127.0.0.1",
+        port=settings.get("PORT") or 5432,
+        user=settings.get("USER") or "postgres",
+        password=settings.get("PASSWORD") or None,
+        dbname="postgres",
+        autocommit=True,
+    ) as server:
+        server.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
 @pytest.mark.parametrize("name", sorted(TINY_RUNS))
 def test_benchmark_runs_to_completion_on_tiny_sizes(name, tmp_path):
     postgres = postgres_server_url()
     if postgres is None:
         pytest.skip("the benchmarks need PostgreSQL and Redis: they run in the PostgreSQL pass")
-    options, expected = TINY_RUNS[name]
-    module = f"bench.{name.removesuffix('_postgres')}"
+    module, options, expected = TINY_RUNS[name]
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("DJANGO_", "TIKTOK_TEST_"))
     }
-    completed = subprocess.run(
-        [sys.executable, "-m", module, *(option.format(postgres=postgres) for option in options)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    line, database = command_line(module, options, postgres)
+    try:
+        completed = subprocess.run(
+            line, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+    finally:
+        if database:
+            drop_database(database)
     output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f"{module} exited {completed.returncode}:\n{output[-4000:]}"
-    assert expected in output, f"{module} printed no {expected!r}:\n{output[-4000:]}"
+    assert completed.returncode == 0, f"{name} exited {completed.returncode}:\n{output[-4000:]}"
+    for line in expected:
+        assert line in output, f"{name} printed no {line!r}:\n{output[-4000:]}"
