@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from tests.factories import outbox_rows
-from tests.test_outbox import make_order, pay, tracking
+from tests.test_outbox import make_order, pay
 from tiktok_tracking import archive, checks, delivery, rollups
 from tiktok_tracking.models import (
     ArchivedEvent,
