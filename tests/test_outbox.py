@@ -188,7 +188,10 @@ def test_claim_takes_due_rows_once_and_counts_the_attempt():
     claimed = delivery.claim_due_events(10)
     assert len(claimed) == 4
     assert {row.attempts for row in claimed} == {1}
-    rows = TrackedEvent.objects.filter(pk__in=[row.pk for row in claimed])
+    # In the order they fell due, as claimed: a table without an ORDER BY has no order.
+    rows = TrackedEvent.objects.filter(pk__in=[row.pk for row in claimed]).order_by(
+        "next_attempt_at", "pk"
+    )
     assert {row.status for row in rows} == {Status.SENDING}
     assert {row.claim_token for row in rows} == {claimed[0].claim_token}
     assert all(row.lease_expires_at > timezone.now() for row in rows)
