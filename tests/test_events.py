@@ -514,3 +514,18 @@ def test_encoded_body_is_the_built_body_from_stored_json(options):
 def test_build_request_body_leaves_empty_options_out():
     body = build_request_body("CPIXEL", [], test_event_code="", partner_name=None)
     assert set(body) == {"event_source", "event_source_id", "data"}
+
+
+def test_read_order_takes_the_built_in_methods_answers_as_they_are_and_checks_overrides():
+    calls = []
+
+    class Counting(OrderAdapter):
+        def currency(self):
+            calls.append("currency")
+            return "usd "  # an override's answer is checked (and cleaned) again
+
+    facts = read_order(Counting(make_order()))
+    assert facts.currency == "USD" and calls == ["currency"]
+    assert read_order(OrderAdapter(make_order())) == read_order(
+        type("Plain", (OrderAdapter,), {})(make_order())
+    )

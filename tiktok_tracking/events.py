@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from tiktok_tracking.adapters import (
+    OrderAdapter,
     clean_contents,
     clean_country,
     clean_currency,
@@ -70,11 +71,12 @@ def read_order(adapter, *, match_keys=True) -> OrderFacts:
     ``match_keys=False`` skips the customer's email, phone and id: the browser lane's events
     carry only the order's properties.
     """
-    # A shop's subclass may return anything, so its answers pass the same validators again.
-    order_id = clean_order_id(adapter.order_id())
-    value = clean_value(adapter.value())
-    currency = clean_currency(adapter.currency())
-    contents = tuple(clean_contents(adapter.contents()))
+    # A shop's subclass may return anything, so its answers pass the same validators again;
+    # the built-in methods validate what they return, and are taken as they answer.
+    order_id = _checked(adapter, "order_id", clean_order_id)
+    value = _checked(adapter, "value", clean_value)
+    currency = _checked(adapter, "currency", clean_currency)
+    contents = tuple(_checked(adapter, "contents", clean_contents))
     country = _country_or_none(adapter)
     if match_keys:
         hashed = (
@@ -86,6 +88,14 @@ def read_order(adapter, *, match_keys=True) -> OrderFacts:
     else:
         hashed = (None, None, None)
     return OrderFacts(order_id, value, currency, contents, *hashed, country)
+
+
+def _checked(adapter, name, clean):
+    """``adapter.<name>()``, through ``clean`` unless it is OrderAdapter's own method."""
+    answer = getattr(adapter, name)()
+    if getattr(type(adapter), name, None) is getattr(OrderAdapter, name):
+        return answer
+    return clean(answer)
 
 
 def _country_or_none(adapter):
