@@ -198,15 +198,15 @@ def _insert_once(pixel_ids, event_name, event_id, build_fields):
             return [(row, True) for row in _insert_rows(pixel_ids, build_fields())]
     except IntegrityError:
         # Already recorded (a second signal for the same payment): the first rows stand.
-        existing = _recorded(TrackedEvent, pixel_ids, event_name, event_id)
+        existing = _recorded(pixel_ids, event_name, event_id)
         if not existing:
             raise  # not a row recorded before: a real error, for the caller to log
         return _with_the_rest(existing, pixel_ids, event_name, event_id, build_fields)
 
 
-def _recorded(model, pixel_ids, event_name, event_id):
-    """``{pixel_id: row}`` of the event's rows already in ``model``'s table."""
-    rows = model.objects.filter(pixel_id__in=pixel_ids, event=event_name, event_id=event_id)
+def _recorded(pixel_ids, event_name, event_id):
+    """``{pixel_id: row}`` of the event's rows already in the outbox."""
+    rows = TrackedEvent.objects.filter(pixel_id__in=pixel_ids, event=event_name, event_id=event_id)
     return {row.pixel_id: row for row in rows}
 
 
@@ -260,11 +260,7 @@ def event_fields(adapter, *, event_name, event_id, order_id, resolved, suffix, c
     """The fields every pixel's row of the event shares: payload, consent decision, status."""
     snapshot = resolved.snapshot
     fields = {
-        "event": event_name,
-        "event_id": event_id,
-        "order_id": order_id,
-        "event_time": now,
-        "next_attempt_at": now,
+        **_identity_fields(event_name, event_id, order_id, now),
         "visitor_id": snapshot.visitor_id,
         "consent_status": snapshot.consent_status or "",
     }
@@ -324,14 +320,21 @@ def _record_unidentified(event_name, order, pixel_ids, reason, now):
 def failed_fields(event_name, event_id, order_id, reason, now):
     """The fields of a row that is kept, failed with ``reason``, and never sent as it is."""
     return {
+        **_identity_fields(event_name, event_id, order_id, now),
+        "status": TrackedEvent.Status.FAILED,
+        "payload": {},
+        "last_error": reason,
+    }
+
+
+def _identity_fields(event_name, event_id, order_id, now):
+    """What every row of an event carries, whatever became of it: which event, when."""
+    return {
         "event": event_name,
         "event_id": event_id,
         "order_id": order_id,
         "event_time": now,
         "next_attempt_at": now,
-        "status": TrackedEvent.Status.FAILED,
-        "payload": {},
-        "last_error": reason,
     }
 
 
