@@ -497,9 +497,6 @@ class ArchivedEventAdmin(TrackedEventAdmin):
     def get_urls(self):
         return admin.ModelAdmin.get_urls(self)
 
-    def get_actions(self, request):
-        return {}
-
     @admin.display(description=_("attempts"))
     def attempts_log(self, obj):
         # The attempts keep the id the event had in the outbox, which the archive keeps too.
