@@ -16,15 +16,19 @@ from bench.common import create_postgres_database, database_name, setup_django
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tiktok_bench"
 DEFAULT_ROWS = 1_000_000
 # Bump when the generated data changes, so that a kept dataset of an older shape is reloaded.
-DATASET_VERSION = 2
+DATASET_VERSION = 3
 DATASET_DAYS = 30
 MARKER_TABLE = "bench_admin_scale_dataset"
 EVENT_TABLE = "tiktok_tracking_trackedevent"
 ARCHIVE_TABLE = "tiktok_tracking_archivedevent"
 ATTEMPT_TABLE = "tiktok_tracking_deliveryattempt"
+ANSWER_TABLE = "tiktok_tracking_deliveryanswer"
 RECEIPT_TABLE = "tiktok_tracking_browserreceipt"
 ROLLUP_TABLE = "tiktok_tracking_dailyrollup"
-TABLES = f"{EVENT_TABLE}, {ARCHIVE_TABLE}, {ATTEMPT_TABLE}, {RECEIPT_TABLE}, {ROLLUP_TABLE}"
+TABLES = (
+    f"{EVENT_TABLE}, {ARCHIVE_TABLE}, {ATTEMPT_TABLE}, {ANSWER_TABLE}, {RECEIPT_TABLE}, "
+    f"{ROLLUP_TABLE}"
+)
 # Rows still in flight after this long would have been failed by the retry window.
 IN_FLIGHT_HOURS = 1
 
@@ -326,23 +330,31 @@ def events_insert_sql():
     """  # noqa: S608
 
 
-# Two attempts for each retried row: a 503 first, then the row's final answer.
-ATTEMPTS_INSERT_SQL = f"""
-    INSERT INTO {ATTEMPT_TABLE} (
-        tracked_event_id, attempted_at, outcome, batch_size, http_status, code, message,
-        request_id, duration_ms
+# Two answers for each retried row, a 503 first, then the row's final answer, each logged as
+# an answer (ids 2n and 2n + 1 for event n) and the event's attempt naming it.
+ANSWERS_INSERT_SQL = f"""
+    INSERT INTO {ANSWER_TABLE} (
+        id, attempted_at, outcome, batch_size, http_status, code, message, request_id,
+        duration_ms
     )
-    SELECT id, created_at + interval '0.4 seconds', 'transient', 1 + mod(id, 37), 503, NULL,
-           'Service Unavailable', '', 10000
+    SELECT 2 * id, created_at + interval '0.4 seconds', 'transient', 1 + mod(id, 37), 503,
+           NULL, 'Service Unavailable', '', 10000
     FROM {EVENT_TABLE}
     WHERE attempts = 2 AND status IN ('delivered', 'failed')
     UNION ALL
-    SELECT id, updated_at,
+    SELECT 2 * id + 1, updated_at,
            CASE WHEN status = 'delivered' THEN 'delivered'
                 WHEN last_code IS NULL THEN 'transient' ELSE 'permanent' END,
            1 + mod(id, 41), last_http_status, last_code, last_message, last_request_id,
            120 + mod(id, 400)
     FROM {EVENT_TABLE}
+    WHERE attempts = 2 AND status IN ('delivered', 'failed')
+"""  # noqa: S608
+ATTEMPTS_INSERT_SQL = f"""
+    INSERT INTO {ATTEMPT_TABLE} (tracked_event_id, answer_id)
+    SELECT id, 2 * id FROM {EVENT_TABLE} WHERE attempts = 2 AND status IN ('delivered', 'failed')
+    UNION ALL
+    SELECT id, 2 * id + 1 FROM {EVENT_TABLE}
     WHERE attempts = 2 AND status IN ('delivered', 'failed')
 """  # noqa: S608
 
@@ -425,8 +437,15 @@ def load_dataset(rows):
         timings[f"build {len(indexes)} indexes"] = time.perf_counter() - started
 
         started = time.perf_counter()
+        cursor.execute(ANSWERS_INSERT_SQL)
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence('{ANSWER_TABLE}', 'id'), "  # noqa: S608
+            f"(SELECT coalesce(max(id), 0) + 1 FROM {ANSWER_TABLE}), false)"
+        )
         cursor.execute(ATTEMPTS_INSERT_SQL)
-        timings[f"insert {cursor.rowcount:,} delivery attempts"] = time.perf_counter() - started
+        timings[f"insert {cursor.rowcount:,} delivery attempts and their answers"] = (
+            time.perf_counter() - started
+        )
 
         started = time.perf_counter()
         cursor.execute(RECEIPTS_INSERT_SQL, params)
@@ -646,6 +665,7 @@ def server_facts():
             "archive": count(ARCHIVE_TABLE),
             "archive_size": size(ARCHIVE_TABLE),
             "attempts": count(ATTEMPT_TABLE),
+            "answers": count(ANSWER_TABLE),
             "receipts": count(RECEIPT_TABLE),
         }
 
@@ -686,8 +706,8 @@ def print_report(results, load_note, archived_at):
     print(f"              outbox  {facts['outbox']:,} rows ({facts['outbox_size']} with indexes)")
     print(f"              archive {facts['archive']:,} rows ({facts['archive_size']} with indexes)")
     print(
-        f"              {facts['attempts']:,} DeliveryAttempt rows, "
-        f"{facts['receipts']:,} BrowserReceipt rows"
+        f"              {facts['attempts']:,} DeliveryAttempt rows naming "
+        f"{facts['answers']:,} DeliveryAnswer rows, {facts['receipts']:,} BrowserReceipt rows"
     )
     held = "ok" if facts["outbox"] <= bound else "MISS"
     print(

@@ -51,6 +51,7 @@ TARGET_PEAK_MB = 150
 PIXEL_ID = "CTESTPIXEL0001"
 EVENT_TABLE = "tiktok_tracking_trackedevent"
 ATTEMPT_TABLE = "tiktok_tracking_deliveryattempt"
+ANSWER_TABLE = "tiktok_tracking_deliveryanswer"
 # The worker's log line after each task; its claimed count shows how the drain was shared.
 CLAIMED_LOG_LINE = re.compile(r"TikTok delivery: (\d+) claimed")
 # Celery's log line after a task has run.
@@ -175,7 +176,7 @@ def truncate_outbox():
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {ATTEMPT_TABLE}, {EVENT_TABLE} RESTART IDENTITY")
+        cursor.execute(f"TRUNCATE {ATTEMPT_TABLE}, {ANSWER_TABLE}, {EVENT_TABLE} RESTART IDENTITY")
 
 
 def order_event(number, recorded_at):
@@ -301,8 +302,8 @@ def request_figures():
 
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT max(duration_ms), count(*) FROM {ATTEMPT_TABLE}"  # noqa: S608
-            " GROUP BY request_id, attempted_at"
+            f"SELECT max(a.duration_ms), count(*) FROM {ANSWER_TABLE} a"  # noqa: S608
+            f" JOIN {ATTEMPT_TABLE} t ON t.answer_id = a.id GROUP BY a.request_id, a.attempted_at"
         )
         rows = cursor.fetchall()
     durations = [duration for duration, _ in rows]

@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from tests.shop.models import Order
 from tiktok_tracking.admin import masked_payload
-from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
+from tiktok_tracking.delivery import log_attempts
+from tiktok_tracking.models import TrackedEvent
 
 Status = TrackedEvent.Status
 LIST_URL = "/admin/tiktok_tracking/trackedevent/"
@@ -128,9 +129,7 @@ def test_list_query_count_does_not_grow_with_rows(admin_client_):
 @pytest.mark.django_db
 def test_detail_page_masks_payload_and_shows_attempts(admin_client_):
     row = make_rows(1)[0]
-    DeliveryAttempt.objects.create(
-        tracked_event=row, outcome="transient", batch_size=1, http_status=503, message="busy"
-    )
+    log_attempts([row.pk], outcome="transient", batch_size=1, http_status=503, message="busy")
     html = admin_client_.get(f"{LIST_URL}{row.pk}/change/").content.decode()
     assert "aaaaaaaa…" in html and EMAIL_HASH not in html
     assert "203.0.113.77" not in html and "UA/77" not in html
@@ -253,11 +252,10 @@ def test_detail_query_count_does_not_grow_with_attempts(admin_client_):
             assert admin_client_.get(f"{LIST_URL}{row.pk}/change/").status_code == 200
         return len(captured)
 
-    DeliveryAttempt.objects.create(tracked_event=row, outcome="transient", batch_size=1)
+    log_attempts([row.pk], outcome="transient", batch_size=1)
     few = queries()
-    DeliveryAttempt.objects.bulk_create(
-        [DeliveryAttempt(tracked_event=row, outcome="transient", batch_size=1) for _ in range(40)]
-    )
+    for _ in range(40):
+        log_attempts([row.pk], outcome="transient", batch_size=1)
     assert queries() == few
 
 

@@ -29,7 +29,7 @@ from tiktok_tracking.models import (
     BrowserReceipt,
     CheckoutContext,
     ConsentRecord,
-    DeliveryAttempt,
+    DeliveryAnswer,
     TrackedEvent,
 )
 from tiktok_tracking.sandbox import SandboxServer
@@ -235,7 +235,7 @@ def two_pixels(settings, answering_sandbox):
 
 def stored_texts():
     """Every text the app keeps in its tables, JSON as the text it is stored as."""
-    for model in (TrackedEvent, DeliveryAttempt, CheckoutContext, ConsentRecord, BrowserReceipt):
+    for model in (TrackedEvent, DeliveryAnswer, CheckoutContext, ConsentRecord, BrowserReceipt):
         for row in model.objects.values():
             for value in row.values():
                 if isinstance(value, (dict, list)):

@@ -21,7 +21,7 @@ from django.utils import timezone
 from tests.factories import outbox_rows
 from tiktok_tracking import checks, delivery
 from tiktok_tracking.client import DELIVERED, EventsApiClient, Outcome
-from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
+from tiktok_tracking.models import DeliveryAnswer, TrackedEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +33,7 @@ OTHER_PIXEL = "COTHERPIXEL0002"
 OTHER_TOKEN = "other-pixel-token-9876543210"
 # Set by CI's PostgreSQL + Redis pass: there, a test that would skip fails instead.
 REQUIRE_SERVICES_ENV = "TIKTOK_REQUIRE_SERVICES"
-# The columns: last_request_id and DeliveryAttempt.request_id are varchar(128), the codes int4.
+# The columns: last_request_id and DeliveryAnswer.request_id are varchar(128), the codes int4.
 REQUEST_ID_COLUMN = 128
 INT4_MAX = 2**31 - 1
 # A stored message may be no longer than this (the bound, its cut marker and a short prefix).
@@ -90,7 +90,7 @@ def test_oversized_request_id_or_code_is_recorded_not_resent_forever(postgresql,
     for event in TrackedEvent.objects.filter(event_id__startswith="long_id_"):
         assert event.status == Status.DELIVERED
         assert event.last_request_id == "r" * REQUEST_ID_COLUMN
-    assert {len(a.request_id) for a in DeliveryAttempt.objects.all()} == {REQUEST_ID_COLUMN}
+    assert {len(a.request_id) for a in DeliveryAnswer.objects.all()} == {REQUEST_ID_COLUMN}
 
     # A code above int4, with a NUL and an unpaired surrogate for PostgreSQL's text too.
     make_rows(1, prefix="big_code")
@@ -356,7 +356,7 @@ def test_trickled_answer_is_cut_at_the_total_deadline_inside_the_lease(sandbox):
         assert event.status == Status.PENDING, "retried, not left sending for the sweeper"
         assert event.last_message.startswith("Timed out")
         [attempt] = event.delivery_attempts.all()
-        assert attempt.duration_ms < (timeout + 0.5) * 1000
+        assert attempt.answer.duration_ms < (timeout + 0.5) * 1000
 
         # The lease the system check asks for provably outlasts the deadline...
         assert "tiktok_tracking.E009" not in {error.id for error in checks.check_settings()}
@@ -417,9 +417,9 @@ def test_token_echoed_and_huge_messages_are_redacted_and_bounded(sandbox, caplog
         stored += [event.last_message, event.last_error, event.last_request_id]
         assert len(event.last_message) <= MESSAGE_BOUND
         assert len(event.last_error) <= MESSAGE_BOUND
-    for attempt in DeliveryAttempt.objects.all():
-        stored += [attempt.message, attempt.request_id]
-        assert len(attempt.message) <= MESSAGE_BOUND
+    for answer in DeliveryAnswer.objects.all():
+        stored += [answer.message, answer.request_id]
+        assert len(answer.message) <= MESSAGE_BOUND
     assert "(secret)" in row("echo_0").last_message
     assert row("echo_0").status == Status.FAILED
     logged = caplog.text

@@ -17,7 +17,7 @@ from tests.shop.models import Order, OrderLine
 from tiktok_tracking import capture_context, delivery, tasks
 from tiktok_tracking.adapters import OrderAdapter
 from tiktok_tracking.client import DELIVERED, TRANSIENT, Outcome
-from tiktok_tracking.models import CheckoutContext, DeliveryAttempt, TrackedEvent
+from tiktok_tracking.models import CheckoutContext, DeliveryAnswer, DeliveryAttempt, TrackedEvent
 from tiktok_tracking.signals import payment_completed
 
 Status = TrackedEvent.Status
@@ -242,25 +242,27 @@ def test_each_event_gets_its_attempt_with_the_answer(outcome):
     delivery.record_outcome(claimed, outcome, delivery.DrainReport())
     attempts = DeliveryAttempt.objects.order_by("tracked_event_id")
     assert [a.tracked_event_id for a in attempts] == [row.pk for row in claimed]
-    for attempt in attempts:
-        assert (
-            attempt.outcome,
-            attempt.http_status,
-            attempt.code,
-            attempt.message,
-            attempt.request_id,
-            attempt.batch_size,
-            attempt.duration_ms,
-        ) == (
-            outcome.kind,
-            outcome.http_status,
-            outcome.code,
-            outcome.message,
-            outcome.request_id,
-            3,
-            outcome.duration_ms,
-        )
-        assert abs((timezone.now() - attempt.attempted_at).total_seconds()) < 60
+    # The answer is written once, and every event's attempt names it.
+    [answer] = DeliveryAnswer.objects.all()
+    assert {a.answer_id for a in attempts} == {answer.pk}
+    assert (
+        answer.outcome,
+        answer.http_status,
+        answer.code,
+        answer.message,
+        answer.request_id,
+        answer.batch_size,
+        answer.duration_ms,
+    ) == (
+        outcome.kind,
+        outcome.http_status,
+        outcome.code,
+        outcome.message,
+        outcome.request_id,
+        3,
+        outcome.duration_ms,
+    )
+    assert abs((timezone.now() - answer.attempted_at).total_seconds()) < 60
 
 
 @pytest.mark.django_db
@@ -272,7 +274,7 @@ def test_drain_sends_batches_per_pixel_over_http(sandbox):
     sizes = [len(r["body"]["data"]) for r in sandbox.requests]
     assert sizes == [10, 10, 5]
     assert TrackedEvent.objects.filter(status=Status.DELIVERED).count() == 25
-    assert DeliveryAttempt.objects.filter(outcome="delivered").count() == 25
+    assert DeliveryAttempt.objects.filter(answer__outcome="delivered").count() == 25
     row = TrackedEvent.objects.get(event_id="order_0")
     assert row.last_request_id == sandbox.requests[0]["request_id"]
 

@@ -16,7 +16,12 @@ from django.utils.translation import ngettext
 from tiktok_tracking.boundaries import private_url
 from tiktok_tracking.dashboard import dashboard_view
 from tiktok_tracking.dedup import VERDICTS, dedup_verdict, verdict_filter
-from tiktok_tracking.models import EVENT_TABLES, ArchivedEvent, DeliveryAttempt, TrackedEvent
+from tiktok_tracking.models import (
+    EVENT_TABLES,
+    ArchivedEvent,
+    DeliveryAnswer,
+    TrackedEvent,
+)
 from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
@@ -235,30 +240,6 @@ class EstimatedCountPaginator(Paginator):
         return int(row[0]) if row else super().count
 
 
-class DeliveryAttemptInline(admin.TabularInline):
-    model = DeliveryAttempt
-    extra = 0
-    can_delete = False
-    ordering = ("attempted_at", "pk")
-    fields = (
-        "attempted_at",
-        "outcome",
-        "http_status",
-        "code",
-        "message",
-        "request_id",
-        "batch_size",
-        "duration_ms",
-    )
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(TrackedEvent)
 class TrackedEventAdmin(admin.ModelAdmin):
     list_display = (
@@ -296,7 +277,6 @@ class TrackedEventAdmin(admin.ModelAdmin):
     paginator = EstimatedCountPaginator
     list_per_page = 50
     actions = ("resend", "resend_with_test_code", "mark_suppressed")
-    inlines = (DeliveryAttemptInline,)
     fieldsets = (
         (
             None,
@@ -325,6 +305,7 @@ class TrackedEventAdmin(admin.ModelAdmin):
                     "last_request_id",
                     "last_error",
                     "test_event_code",
+                    "attempts_log",
                 )
             },
         ),
@@ -384,6 +365,10 @@ class TrackedEventAdmin(admin.ModelAdmin):
     def short_message(self, obj):
         message = obj.last_message or obj.last_error
         return message if len(message) <= 60 else message[:60] + "…"
+
+    @admin.display(description=_("requests made"))
+    def attempts_log(self, obj):
+        return attempts_table(obj.pk)
 
     @admin.display(description=_("payload"))
     def payload_masked(self, obj):
@@ -448,36 +433,35 @@ class TrackedEventAdmin(admin.ModelAdmin):
         )
 
 
-def attempts_table(attempts):
-    """The attempt log of one event as a read-only table."""
+ATTEMPT_COLUMNS = (
+    (_("attempted at"), lambda answer: answer.attempted_at),
+    (_("outcome"), lambda answer: answer.get_outcome_display()),
+    (_("HTTP status"), lambda answer: "—" if answer.http_status is None else answer.http_status),
+    (_("TikTok code"), lambda answer: "—" if answer.code is None else answer.code),
+    (_("message"), lambda answer: answer.message),
+    (_("request id"), lambda answer: answer.request_id),
+    (_("events in the request"), lambda answer: answer.batch_size),
+    (_("duration (ms)"), lambda answer: answer.duration_ms),
+)
+
+
+def attempts_table(event_pk):
+    """The requests made for one event and their answers, as a read-only table (one query)."""
+    # The attempts keep the id the event had in the outbox, which the archive keeps too.
+    answers = DeliveryAnswer.objects.filter(attempts__tracked_event_id=event_pk).order_by(
+        "attempted_at", "pk"
+    )
+    cells = "".join("<td>{}</td>" for _ in ATTEMPT_COLUMNS)
     rows = format_html_join(
         "",
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-        (
-            (
-                attempt.attempted_at,
-                attempt.get_outcome_display(),
-                attempt.http_status if attempt.http_status is not None else "—",
-                attempt.code if attempt.code is not None else "—",
-                attempt.message,
-                attempt.request_id,
-                attempt.batch_size,
-            )
-            for attempt in attempts
-        ),
+        f"<tr>{cells}</tr>",
+        ([value(answer) for _, value in ATTEMPT_COLUMNS] for answer in answers),
     )
     if not rows:
         return _("No attempt was made.")
     return format_html(
-        "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th>"
-        "<th>{}</th></tr></thead><tbody>{}</tbody></table>",
-        _("attempted at"),
-        _("outcome"),
-        _("HTTP status"),
-        _("TikTok code"),
-        _("message"),
-        _("request id"),
-        _("events in the request"),
+        "<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>",
+        format_html_join("", "<th>{}</th>", ((title,) for title, _ in ATTEMPT_COLUMNS)),
         rows,
     )
 
@@ -488,21 +472,13 @@ class ArchivedEventAdmin(TrackedEventAdmin):
 
     ordering = ("-created_at", "-pk")
     actions = ()
-    inlines = ()
     fieldsets = (
         *TrackedEventAdmin.fieldsets,
-        (_("Attempts"), {"fields": ("attempts_log", "archived_at")}),
+        (_("Archive"), {"fields": ("archived_at",)}),
     )
 
     def get_urls(self):
         return admin.ModelAdmin.get_urls(self)
-
-    @admin.display(description=_("attempts"))
-    def attempts_log(self, obj):
-        # The attempts keep the id the event had in the outbox, which the archive keeps too.
-        return attempts_table(
-            DeliveryAttempt.objects.filter(tracked_event_id=obj.pk).order_by("attempted_at", "pk")
-        )
 
 
 class TikTokOrderAdminMixin:

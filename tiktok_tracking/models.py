@@ -1,4 +1,4 @@
-"""The outbox (TrackedEvent), its archive and attempt log, and the captured checkout context."""
+"""The outbox (TrackedEvent), its archive, the delivery log and the captured checkout context."""
 
 from django.db import models
 from django.db.models import Q
@@ -200,13 +200,39 @@ class ArchivedEvent(EventFields):
 EVENT_TABLES = (TrackedEvent, ArchivedEvent)
 
 
-class DeliveryAttempt(models.Model):
-    """Append-only log: one row per event per request made to the Events API."""
+class DeliveryAnswer(models.Model):
+    """Append-only log: one row per outcome of a request to the Events API, shared by its events.
+
+    The outcome is TikTok's answer, or the error that stood for one (a timeout, a refused
+    connection)."""
 
     class Outcome(models.TextChoices):
         DELIVERED = "delivered", _("Delivered")
         TRANSIENT = "transient", _("Transient error")
         PERMANENT = "permanent", _("Permanent error")
+
+    attempted_at = models.DateTimeField(_("attempted at"), default=timezone.now)
+    # One answer can treat the events of a request differently (TikTok naming some of them):
+    # each outcome is a row of its own, with the request's other fields repeated.
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    batch_size = models.PositiveIntegerField(_("events in the request"))
+    http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    code = models.IntegerField(_("TikTok code"), null=True, blank=True)
+    message = models.TextField(_("message"), blank=True)
+    request_id = models.CharField(_("request id"), max_length=128, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+
+    class Meta:
+        verbose_name = _("delivery answer")
+        verbose_name_plural = _("delivery answers")
+        ordering = ["attempted_at", "pk"]
+
+    def __str__(self):
+        return f"{self.outcome} {self.code} {self.request_id}"
+
+
+class DeliveryAttempt(models.Model):
+    """Append-only log: one narrow row per event per request, naming the answer it got."""
 
     # No database constraint: the attempts of an event stay when it moves to the archive,
     # which keeps its id.
@@ -217,22 +243,21 @@ class DeliveryAttempt(models.Model):
         related_name="delivery_attempts",
         verbose_name=_("tracked event"),
     )
-    attempted_at = models.DateTimeField(_("attempted at"), default=timezone.now)
-    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
-    batch_size = models.PositiveIntegerField(_("events in the request"))
-    http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
-    code = models.IntegerField(_("TikTok code"), null=True, blank=True)
-    message = models.TextField(_("message"), blank=True)
-    request_id = models.CharField(_("request id"), max_length=128, blank=True)
-    duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+    answer = models.ForeignKey(
+        DeliveryAnswer,
+        on_delete=models.CASCADE,
+        related_name="attempts",
+        verbose_name=_("answer"),
+    )
 
     class Meta:
         verbose_name = _("delivery attempt")
         verbose_name_plural = _("delivery attempts")
-        ordering = ["attempted_at", "pk"]
+        # Rows are appended as requests are answered: their ids are in the order of time.
+        ordering = ["pk"]
 
     def __str__(self):
-        return f"{self.outcome} {self.code} {self.request_id}"
+        return f"event {self.tracked_event_id}, answer {self.answer_id}"
 
 
 class CheckoutContext(models.Model):

@@ -140,7 +140,7 @@ def finish(name, book, sandbox, *, allow_resends=False, timeout=120, **notes):
     statuses = book.statuses()
     outcomes = dict(
         DeliveryAttempt.objects.filter(tracked_event__order_id__startswith=book.prefix)
-        .values_list("outcome")
+        .values_list("answer__outcome")
         .annotate(n=Count("pk"))
     )
     figures = {

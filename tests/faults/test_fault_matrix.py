@@ -21,7 +21,7 @@ from tests.conftest import publishing_to, wait_until
 from tests.faults.conftest import ORDERS, finish, needs_services
 from tests.faults.harness import OrderBook, Status
 from tests.faults.proxy import BLACKHOLE, FORWARD, REFUSE
-from tiktok_tracking.models import DeliveryAttempt
+from tiktok_tracking.models import DeliveryAnswer, DeliveryAttempt
 
 pytestmark = needs_services
 
@@ -31,7 +31,7 @@ SLOW_ANSWER = 3.0
 
 def transient_attempts(book):
     return DeliveryAttempt.objects.filter(
-        tracked_event__order_id__startswith=book.prefix, outcome="transient"
+        tracked_event__order_id__startswith=book.prefix, answer__outcome="transient"
     ).count()
 
 
@@ -66,7 +66,7 @@ def test_api_503_bursts(sandbox, cluster, book):
 def test_rate_limit_storms(sandbox, cluster, book):
     storm = [{"code": 40100, "message": "Too many requests. Please retry in some time."}] * 15
     with_scripted_answers("40100 storms", sandbox, cluster, book, storm)
-    assert DeliveryAttempt.objects.filter(code=40100).exists()
+    assert DeliveryAnswer.objects.filter(code=40100).exists()
 
 
 def test_timeouts(sandbox, cluster, book):
@@ -74,7 +74,7 @@ def test_timeouts(sandbox, cluster, book):
     # TikTok received the requests the client stopped waiting for: the resends carry the
     # same event_ids, which TikTok deduplicates.
     with_scripted_answers("timeouts", sandbox, cluster, book, slow, allow_resends=True)
-    assert DeliveryAttempt.objects.filter(message__startswith="Timed out").exists()
+    assert DeliveryAnswer.objects.filter(message__startswith="Timed out").exists()
 
 
 def test_connection_refused(sandbox, cluster, book, proxy):
@@ -88,7 +88,7 @@ def test_connection_refused(sandbox, cluster, book, proxy):
 
     book.paid_mix(ORDERS, before_half=back_up)
     finish("connection refused", book, sandbox)
-    assert DeliveryAttempt.objects.filter(message__contains="ConnectionError").exists()
+    assert DeliveryAnswer.objects.filter(message__contains="ConnectionError").exists()
 
 
 def test_parameter_error_for_some_events(sandbox, cluster, book):
