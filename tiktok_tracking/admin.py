@@ -20,9 +20,11 @@ from tiktok_tracking.models import (
     EVENT_TABLES,
     ArchivedEvent,
     DeliveryAnswer,
+    Refund,
     TrackedEvent,
 )
 from tiktok_tracking.pixels import configured_pixels
+from tiktok_tracking.refunds import net_value, plain_amount
 from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
 Status = TrackedEvent.Status
@@ -518,8 +520,9 @@ class TikTokOrderAdminMixin:
             ),
             key=lambda row: (row.created_at, row.pk),
         )
+        refunds = refunds_table(Refund.objects.filter(order_id=order_id))
         if not rows:
-            return _("No TikTok events recorded for this order.")
+            return format_html("{}{}", _("No TikTok events recorded for this order."), refunds)
         body = format_html_join(
             "",
             "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -537,11 +540,47 @@ class TikTokOrderAdminMixin:
         )
         return format_html(
             "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>"
-            "</thead><tbody>{}</tbody></table>",
+            "</thead><tbody>{}</tbody></table>{}",
             _("event"),
             _("event_id"),
             _("status"),
             _("dedup verdict"),
             _("TikTok's answer"),
             body,
+            refunds,
         )
+
+
+def refunds_table(refunds):
+    """An order's refunds, with what it nets after them; empty when it has none."""
+    refunds = list(refunds)
+    if not refunds:
+        return ""
+    refunded = sum(refund.amount for refund in refunds)
+    order_value = refunds[-1].order_value
+    lines = format_html_join(
+        "",
+        "<li>{} {} {} ({}), {}</li>",
+        (
+            (
+                refund.refunded_at,
+                plain_amount(refund.amount),
+                refund.currency,
+                _("the whole order") if refund.full else _("partial"),
+                refund.refund_key,
+            )
+            for refund in refunds
+        ),
+    )
+    return format_html(
+        "<p><strong>{}</strong> {}</p><ul>{}</ul>",
+        _("Refunded (not sent to TikTok, which has no refund event):"),
+        _("%(refunded)s of %(value)s %(currency)s; net %(net)s %(currency)s")
+        % {
+            "refunded": plain_amount(refunded),
+            "value": plain_amount(order_value),
+            "net": plain_amount(net_value(order_value, refunded)),
+            "currency": refunds[-1].currency,
+        },
+        lines,
+    )

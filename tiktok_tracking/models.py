@@ -260,6 +260,45 @@ class DeliveryAttempt(models.Model):
         return f"event {self.tracked_event_id}, answer {self.answer_id}"
 
 
+class Refund(models.Model):
+    """A refund or cancellation the shop signalled: recorded against the order's purchase.
+
+    TikTok has no refund event, so nothing here is sent: it keeps the shop's net figures (what
+    a rule's ROAS should be read against) on the shop's side.
+    """
+
+    order_id = models.CharField(_("order id"), max_length=128)
+    # The purchase it takes back, as both lanes sent it.
+    event_id = models.CharField(_("purchase event id"), max_length=255)
+    # What makes one refund of an order distinct: the shop's refund id, else "full" or the
+    # partial amount, so a webhook delivered twice records its refund once.
+    refund_key = models.CharField(_("refund key"), max_length=64)
+    amount = models.DecimalField(_("amount"), max_digits=24, decimal_places=6)
+    currency = models.CharField(_("currency"), max_length=3)
+    full = models.BooleanField(_("the whole order"), default=False)
+    order_value = models.DecimalField(
+        _("order value"),
+        max_digits=24,
+        decimal_places=6,
+        help_text=_("The order's value when the refund was recorded."),
+    )
+    country = models.CharField(_("country"), max_length=2, blank=True)
+    refunded_at = models.DateTimeField(_("refunded at"), default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("refund")
+        verbose_name_plural = _("refunds")
+        ordering = ["refunded_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["order_id", "refund_key"], name="tiktok_refund_once_per_key"
+            )
+        ]
+
+    def __str__(self):
+        return f"refund of order {self.order_id}: {self.amount} {self.currency}"
+
+
 class CheckoutContext(models.Model):
     """Browser context captured at checkout, so a webhook without a request still sends it."""
 

@@ -1,14 +1,16 @@
-"""Connects the app to the shop's ``payment_completed`` signal; recording.py does the work."""
+"""Connects the app to the shop's signals; recording.py and refunds.py do the work."""
 
 from tiktok_tracking import conf
 from tiktok_tracking.recording import record_order_event
-from tiktok_tracking.signals import payment_completed
+from tiktok_tracking.refunds import record_refund
+from tiktok_tracking.signals import order_refunded, payment_completed
 
 
 def connect():
     payment_completed.connect(
         on_payment_completed, dispatch_uid="tiktok_tracking.on_payment_completed"
     )
+    order_refunded.connect(on_order_refunded, dispatch_uid="tiktok_tracking.on_order_refunded")
 
 
 def on_payment_completed(sender, order, request=None, event_id_suffix=None, charge=None, **kw):
@@ -20,3 +22,8 @@ def on_payment_completed(sender, order, request=None, event_id_suffix=None, char
         event_id_suffix=event_id_suffix,
         charge=charge,
     )
+
+
+def on_order_refunded(sender, order, amount=None, request=None, refund_id=None, **kw):
+    """Record the refund against the order's purchase; never raise into the shop's code."""
+    return record_refund(order, amount=amount, refund_id=refund_id)

@@ -1,10 +1,16 @@
-"""Signals: the one the shop sends when a payment completes, and the app's own outcome signals."""
+"""Signals: the ones the shop sends (a payment, a refund) and the app's own outcome signals."""
 
 from django.dispatch import Signal
 
 # Sent by the shop: payment_completed.send(sender=Order, order=order, request=request_or_None,
 # event_id_suffix=None). The suffix distinguishes a second charge on one order (upsell, renewal).
 payment_completed = Signal()
+
+# Sent by the shop when an order is refunded or cancelled: order_refunded.send(sender=Order,
+# order=order, amount=None, request=None, refund_id=None). amount is None for the whole order,
+# a Decimal for a partial refund; refund_id (the shop's own) tells apart two partial refunds of
+# the same amount. TikTok has no refund event: the app records it and sends nothing.
+order_refunded = Signal()
 
 # Sent by the app after a delivery attempt has been recorded; receivers get the row ids.
 events_delivered = Signal()  # tracked_event_ids
