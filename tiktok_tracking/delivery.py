@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from itertools import groupby
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, router, transaction
 from django.db.models import Count, F, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from tiktok_tracking import conf
+from tiktok_tracking import conf, sql
 from tiktok_tracking.client import DELIVERED, PERMANENT, TRANSIENT, EventsApiClient, Outcome
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.events import compact_json, encode_request_body
@@ -100,13 +100,16 @@ class ClaimedRow:
     created_at: datetime
     claim_token: str
     payload_json: str
+    # Whether the archive holds this event already; None until checked.
+    archived: bool | None = None
 
     @property
     def payload(self):
         return json.loads(self.payload_json)
 
 
-CLAIMED_FIELDS = tuple(f.name for f in fields(ClaimedRow))
+# The outbox fields a ClaimedRow is read from.
+CLAIMED_FIELDS = tuple(f.name for f in fields(ClaimedRow) if f.name != "archived")
 
 
 def retry_delay(attempts, base, cap, rand=random.random):
@@ -127,13 +130,20 @@ def failing_item_index(message):
 def claim_due_events(limit, *, now=None, lease_seconds=None):
     """Claim up to ``limit`` due rows for this worker and return them, oldest first.
 
-    PostgreSQL locks the candidates with SKIP LOCKED so concurrent workers take disjoint sets;
-    where that is unavailable (SQLite) the conditional UPDATE on ``status`` decides who wins,
-    and the claim token tells each worker which rows are its own.
+    PostgreSQL locks the candidates with SKIP LOCKED so concurrent workers take disjoint sets,
+    and claims and returns them in one statement (``sql.claim_due``); elsewhere (SQLite) the
+    conditional UPDATE on ``status`` decides who wins, and the claim token tells each worker
+    which rows are its own.
     """
     now = now or timezone.now()
     lease = timedelta(seconds=lease_seconds or conf.get("LEASE_SECONDS"))
     token = uuid.uuid4().hex
+    alias = router.db_for_write(TrackedEvent)
+    if sql.on_postgresql(alias):
+        rows = sql.claim_due(
+            alias, CLAIMED_FIELDS, limit=limit, token=token, now=now, lease_until=now + lease
+        )
+        return [ClaimedRow(*row) for row in rows]
     candidates = TrackedEvent.objects.due(now).order_by("next_attempt_at", "pk")
     skip_locked = connection.features.has_select_for_update_skip_locked
     # SQLite must not hold a read transaction here: upgrading it to a write would fail
@@ -263,21 +273,29 @@ def finish_sending(in_flight, sender, report):
 
 
 def drop_archived_twins(rows, report):
-    """The claimed rows but those whose event is already in the archive (one query a batch).
+    """The claimed rows but those whose event is already in the archive.
+
+    The claim on PostgreSQL has checked each row (``ClaimedRow.archived``); elsewhere it costs
+    one query a batch.
 
     Such a row was recorded again after the first one finished and moved to the archive (a
     webhook retried days later, a cron run twice): the outbox's unique constraint could no
     longer see it. Checked here rather than at checkout, where it would cost every payment a
     query; the twin is deleted, the archived event stands, and TikTok counts it once.
     """
-    if not rows:
-        return rows
-    archived = set(
-        ArchivedEvent.objects.filter(event_id__in={row.event_id for row in rows}).values_list(
-            "pixel_id", "event", "event_id"
+    unchecked = [row for row in rows if row.archived is None]
+    archived = (
+        set(
+            ArchivedEvent.objects.filter(
+                event_id__in={row.event_id for row in unchecked}
+            ).values_list("pixel_id", "event", "event_id")
         )
+        if unchecked
+        else set()
     )
-    twins = [row for row in rows if (row.pixel_id, row.event, row.event_id) in archived]
+    twins = [
+        row for row in rows if row.archived or (row.pixel_id, row.event, row.event_id) in archived
+    ]
     if not twins:
         return rows
     TrackedEvent.objects.filter(
@@ -555,11 +573,16 @@ def schedule_retries(rows, outcome, answer, now, settled):
 def log_attempts(tracked_event_ids, **answer):
     """Log one answer: a DeliveryAnswer row, and one narrow DeliveryAttempt per event."""
     # The answer is written once, not once per event: a request of 1,000 events adds one
-    # wide row and 1,000 rows of two ids (bench.delivery's breakdown times the INSERTs).
+    # wide row and 1,000 rows of two ids (bench.delivery's breakdown times the INSERTs). On
+    # PostgreSQL the ids go as one array (sql.py has the figures).
     logged = DeliveryAnswer.objects.create(**answer)
-    DeliveryAttempt.objects.bulk_create(
-        [DeliveryAttempt(tracked_event_id=pk, answer=logged) for pk in tracked_event_ids]
-    )
+    alias = router.db_for_write(DeliveryAttempt)
+    if sql.on_postgresql(alias):
+        sql.log_attempts(alias, logged.pk, tracked_event_ids)
+    else:
+        DeliveryAttempt.objects.bulk_create(
+            [DeliveryAttempt(tracked_event_id=pk, answer=logged) for pk in tracked_event_ids]
+        )
 
 
 def mark_suppressed(row, reason):
