@@ -577,6 +577,8 @@ def statement_kind(sql, params):
     verb = sql.lstrip().split(None, 1)[0].upper()
     table = SQL_TABLE.search(sql)
     kind = f"{verb} {table.group(1) if table else '?'}"
+    if verb == "UPDATE" and "RETURNING" in sql and "SKIP LOCKED" in sql:
+        return f"{kind} -> sending, RETURNING the rows (the claim)".replace("tiktok_tracking_", "")
     if "FOR UPDATE" in sql and "SKIP LOCKED" in sql:
         kind += " FOR UPDATE SKIP LOCKED"
     if verb == "UPDATE" and SQL_STATUS_SET.search(sql) and params:

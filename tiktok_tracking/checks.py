@@ -1,6 +1,7 @@
 """System checks: misconfiguration shows up in ``manage.py check`` as tiktok_tracking.E00x/W00x."""
 
 import ipaddress
+from collections.abc import Mapping
 
 from django.apps import apps
 from django.core import checks
@@ -71,6 +72,7 @@ def check_settings(app_configs=None, **kwargs):
     errors.extend(_check_numbers())
     errors.extend(_check_paid_orders())
     errors.extend(_check_funnel_events())
+    errors.extend(_check_readiness())
     unknown = sorted(set(user) - set(conf.DEFAULTS))
     if unknown:
         errors.append(
@@ -208,6 +210,30 @@ def _check_numbers():
     errors.extend(_check_lease())
     errors.extend(_check_outbox_retention())
     return errors
+
+
+def _check_readiness():
+    """E019: READINESS names known keys, markets of real countries, and sound thresholds."""
+    from tiktok_tracking.readiness.markets import market_index
+    from tiktok_tracking.readiness.verdict import WINDOWS
+
+    try:
+        values = conf.readiness_settings()
+        conf.readiness_thresholds()
+        if not isinstance(values["MARKETS"], Mapping):
+            raise ValueError(
+                f"READINESS['MARKETS'] must be a dict of market name to country codes, not "
+                f"{type(values['MARKETS']).__name__}"
+            )
+        market_index(values["MARKETS"])
+        if values["WINDOW_DAYS"] not in WINDOWS:
+            raise ValueError(
+                f"READINESS['WINDOW_DAYS'] must be one of {', '.join(map(str, WINDOWS))}, not "
+                f"{values['WINDOW_DAYS']!r}"
+            )
+    except (TikTokTrackingImproperlyConfigured, ValueError, TypeError) as exc:
+        return [_error("E019", str(exc))]
+    return []
 
 
 def _check_outbox_retention():

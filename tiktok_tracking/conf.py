@@ -79,7 +79,53 @@ DEFAULTS = {
     # (since, until) -> iterable of orders, each read through ORDER_ADAPTER. Only the shop knows
     # which orders were paid; without it the command reports recorded purchases only.
     "PAID_ORDERS": None,
+    # Rule readiness (tiktok_health): MARKETS groups countries ({"DACH": ["DE", "AT", "CH"]};
+    # a country in no group is a market of its own), WINDOW_DAYS is the window (1, 7 or 30)
+    # a market's verdict is read from, and the thresholds of the verdict rules, by name
+    # (readiness.verdict.Thresholds, upper-case): only the keys set here change.
+    "READINESS": {},
 }
+
+
+def readiness_defaults():
+    """The READINESS keys and their defaults: the markets, the window, each threshold."""
+    from dataclasses import fields
+
+    from tiktok_tracking.readiness.verdict import Thresholds
+
+    thresholds = {field.name.upper(): field.default for field in fields(Thresholds)}
+    return {"MARKETS": {}, "WINDOW_DAYS": 7, **thresholds}
+
+
+def readiness_settings():
+    """READINESS with its defaults filled in; an unknown key is an error naming it."""
+    given = get("READINESS")
+    if not isinstance(given, Mapping):
+        raise TikTokTrackingImproperlyConfigured(
+            f"{SETTING_NAME}['READINESS'] must be a dict, not {type(given).__name__}."
+        )
+    defaults = readiness_defaults()
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TikTokTrackingImproperlyConfigured(
+            f"{SETTING_NAME}['READINESS'] has unknown key(s) {', '.join(unknown)}; known: "
+            f"{', '.join(defaults)}."
+        )
+    return {**defaults, **given}
+
+
+def readiness_thresholds():
+    """The verdict rules' thresholds from READINESS (a ValueError names a bad one)."""
+    from tiktok_tracking.readiness.verdict import Thresholds
+
+    values = readiness_settings()
+    return Thresholds(
+        **{
+            name.lower(): value
+            for name, value in values.items()
+            if name not in ("MARKETS", "WINDOW_DAYS")
+        }
+    )
 
 
 def user_settings():

@@ -1,0 +1,1 @@
+"""Rule readiness: per market, whether the shop's ad automation may act on TikTok's numbers."""

@@ -1,0 +1,233 @@
+"""The readiness figures of every market and window, counted from the app's tables (the I/O).
+
+Purchases come from the daily rollups for closed days and from the outbox and the archive for
+today (and any day the rollup task has not reached): a fixed number of queries, however many
+rows. What the rollups do not hold is read from the outbox alone, which the archive keeps to
+the in-flight and recent rows: the oldest undelivered purchase, the delivery latency (the
+most recent delivered purchases, at most ``LATENCY_SAMPLE``), the last pixel receipt. The
+shop's paid orders, when it names them (``PAID_ORDERS``), are read through the order adapter,
+one pass per window.
+
+Windows are calendar days in the site's time zone ending now: 1 is today, 7 is today and the
+six days before.
+"""
+
+import math
+from collections import Counter, defaultdict
+from datetime import timedelta
+
+from django.db.models import FloatField, Max, Min, Q, Sum
+from django.db.models.functions import Cast, TruncDate
+from django.utils import timezone
+
+from tiktok_tracking import conf
+from tiktok_tracking.dashboard.figures import IN_FLIGHT, purchase_names
+from tiktok_tracking.dashboard.queries import created_on
+from tiktok_tracking.dedup import BROWSER_ONLY, MERGED, SERVER_ONLY, SUPPRESSED, dedup_verdict
+from tiktok_tracking.events import MATCH_KEYS
+from tiktok_tracking.models import DailyRollup, Refund, TrackedEvent
+from tiktok_tracking.readiness import quality
+from tiktok_tracking.readiness.markets import market_index, market_of
+from tiktok_tracking.readiness.verdict import WINDOWS, MarketFigures
+from tiktok_tracking.reconcile import paid_orders_source, scan_paid_orders
+from tiktok_tracking.rollups import KEY_FIELDS, day_bounds, grouped_everywhere
+
+# Delivered purchases the latency percentiles are read from, newest first.
+LATENCY_SAMPLE = 5000
+Status = TrackedEvent.Status
+
+
+class Tally:
+    """What one market's purchase groups of one window add up to."""
+
+    def __init__(self):
+        self.counts = Counter()
+        self.with_key = Counter()
+        self.withheld_by_reason = Counter()
+
+    def add(self, group):
+        events = group["events"]
+        verdict = dedup_verdict(group["status"], group["browser_seen"])
+        self.counts["recorded"] += events
+        self.counts[verdict] += events
+        for key, field_name in zip(MATCH_KEYS, KEY_FIELDS, strict=True):
+            self.with_key[key] += group[field_name]
+        if verdict == SUPPRESSED:
+            reason = group["consent_status"] or "not asked"
+            self.withheld_by_reason[reason] += events
+
+
+def window_days(today, days):
+    return [today - timedelta(days=offset) for offset in range(days)]
+
+
+def purchase_groups(today, names):
+    """``[(day, group)]`` of the purchases of the longest window: rollups, then live rows."""
+    first_day = today - timedelta(days=max(WINDOWS) - 1)
+    rolled = set(
+        DailyRollup.objects.filter(day__gte=first_day, day__lt=today)
+        .values_list("day", flat=True)
+        .distinct()
+    )
+    rollups = (
+        DailyRollup.objects.filter(day__gte=first_day, day__lt=today, event__in=names, events__gt=0)
+        .values("day", "status", "country", "consent_status", "browser_seen")
+        .annotate(events=Sum("events"), **{name: Sum(name) for name in KEY_FIELDS})
+        .order_by()
+    )
+    groups = [(group.pop("day"), group) for group in rollups]
+    live_days = [day for day in window_days(today, max(WINDOWS)) if day not in rolled]
+    live = grouped_everywhere(
+        created_on(live_days, today) & Q(event__in=names), by={"day": TruncDate("created_at")}
+    )
+    groups += [(group.pop("day"), group) for group in live]
+    return groups
+
+
+def per_market(groups, index, pick):
+    """``{market: pick of the groups' times}`` from groups of ``country`` and ``at``."""
+    times = {}
+    for country, at in groups.values_list("country", "at").order_by():
+        market = market_of(country, index)
+        times[market] = pick(at, times.get(market, at))
+    return times
+
+
+def outbox_facts(names, now, index):
+    """Per market, from the outbox: the oldest undelivered purchase, the latency sample, the
+    last pixel receipt and the purchases recorded since it without one."""
+    purchases = TrackedEvent.objects.filter(event__in=names)
+    oldest = per_market(
+        purchases.filter(status__in=IN_FLIGHT).values("country").annotate(at=Min("created_at")),
+        index,
+        min,
+    )
+
+    latencies = defaultdict(list)
+    delivered = (
+        purchases.filter(status=Status.DELIVERED, delivered_at__gte=now - timedelta(days=1))
+        .order_by("-delivered_at")
+        .values_list("country", "created_at", "delivered_at")[:LATENCY_SAMPLE]
+    )
+    for country, created_at, delivered_at in delivered:
+        latencies[market_of(country, index)].append((delivered_at - created_at).total_seconds())
+
+    last_receipt = per_market(
+        purchases.filter(browser_seen_at__isnull=False)
+        .values("country")
+        .annotate(at=Max("browser_seen_at")),
+        index,
+        max,
+    )
+    unseen = purchases.filter(browser_seen_at__isnull=True).values_list("country", "created_at")
+    since_receipt = Counter()
+    for country, created_at in unseen:
+        market = market_of(country, index)
+        if market in last_receipt and created_at > last_receipt[market]:
+            since_receipt[market] += 1
+    return oldest, latencies, last_receipt, since_receipt
+
+
+def refunded_orders(first_day, index):
+    """``{(market, day): refunds as orders}`` since ``first_day``: each refund's share of its
+    order's value."""
+    # As floats: SQLite divides two whole amounts as integers (25 / 50 = 0).
+    share = Cast("amount", FloatField()) / Cast("order_value", FloatField())
+    rows = (
+        Refund.objects.filter(refunded_at__gte=day_bounds(first_day)[0], order_value__gt=0)
+        .annotate(day=TruncDate("refunded_at"))
+        .values("country", "day")
+        .annotate(orders=Sum(share))
+        .values_list("country", "day", "orders")
+        .order_by()
+    )
+    refunds = Counter()
+    for country, day, orders in rows:
+        refunds[(market_of(country, index), day)] += float(orders)
+    return refunds
+
+
+def paid_orders_by_market(today, index):
+    """``{days: Counter(market: paid orders)}`` per window, or None without PAID_ORDERS."""
+    source = paid_orders_source()
+    if source is None:
+        return None
+    end = day_bounds(today)[1]
+    paid = {}
+    for days in WINDOWS:
+        start = day_bounds(today - timedelta(days=days - 1))[0]
+        scanned = scan_paid_orders(source(start, end))
+        counts = Counter()
+        for country, count in scanned.by_country.items():
+            counts[market_of(country, index)] += count
+        paid[days] = counts
+    return paid
+
+
+def percentile(values, share):
+    """The ``share`` percentile of ``values`` (nearest rank), None for none (pure)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(max(math.ceil(share * len(ordered)) - 1, 0), len(ordered) - 1)]
+
+
+def collect(now=None, *, paid=True):
+    """``[MarketFigures]`` for every market seen in the last 30 days and every window.
+
+    ``paid=False`` skips the shop's paid orders (the recorded purchases stand in for them).
+    """
+    now = now or timezone.now()
+    today = timezone.localdate(now)
+    index = market_index(conf.readiness_settings()["MARKETS"])
+    names = purchase_names(conf.get("PURCHASE_EVENT"))
+
+    tallies = defaultdict(Tally)  # (market, days) -> Tally
+    windows_of_day = {
+        day: [days for days in WINDOWS if (today - day).days < days]
+        for day in window_days(today, max(WINDOWS))
+    }
+    for day, group in purchase_groups(today, names):
+        market = market_of(group["country"], index)
+        for days in windows_of_day.get(day, ()):
+            tallies[(market, days)].add(group)
+
+    refunds = refunded_orders(today - timedelta(days=max(WINDOWS) - 1), index)
+    oldest, latencies, last_receipt, since_receipt = outbox_facts(names, now, index)
+    paid_by_window = paid_orders_by_market(today, index) if paid else None
+
+    markets = {market for market, _days in tallies} | set(oldest)
+    if paid_by_window:
+        markets |= {market for counts in paid_by_window.values() for market in counts}
+    figures = []
+    for market in sorted(markets):
+        for days in WINDOWS:
+            tally = tallies.get((market, days)) or Tally()
+            counts = tally.counts
+            figures.append(
+                MarketFigures(
+                    market=market,
+                    window_days=days,
+                    now=now,
+                    paid_orders=None if paid_by_window is None else paid_by_window[days][market],
+                    recorded_orders=counts["recorded"],
+                    tracked_orders=counts[MERGED] + counts[SERVER_ONLY] + counts[BROWSER_ONLY],
+                    withheld_orders=counts[SUPPRESSED],
+                    withheld_by_reason=dict(tally.withheld_by_reason),
+                    merged=counts[MERGED],
+                    server_only=counts[SERVER_ONLY],
+                    browser_only=counts[BROWSER_ONLY],
+                    oldest_undelivered_at=oldest.get(market),
+                    latency_p50_seconds=percentile(latencies.get(market), 0.5),
+                    latency_p95_seconds=percentile(latencies.get(market), 0.95),
+                    match_quality=quality.market_score(counts["recorded"], tally.with_key),
+                    last_receipt_at=last_receipt.get(market),
+                    server_orders_since_last_receipt=since_receipt[market],
+                    refunded_orders=sum(
+                        orders
+                        for (refund_market, day), orders in refunds.items()
+                        if refund_market == market and (today - day).days < days
+                    ),
+                )
+            )
+    return figures
