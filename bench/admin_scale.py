@@ -33,6 +33,8 @@ TABLES = (
 IN_FLIGHT_HOURS = 1
 
 TARGET_MS = 300
+# The readiness feed is read by machines, often: it answers from the stored report.
+TARGET_MS_BY_KIND = {"feed": 100}
 TIMED_RUNS = 5
 SQL_SHOWN = 200
 BENCH_USERNAME = "bench-admin"
@@ -543,6 +545,24 @@ def admin_client():
     return client
 
 
+def judge_readiness():
+    """Run the periodic readiness task once (the feed serves what it stores); its figures."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tiktok_tracking.readiness import store
+
+    with CaptureQueriesContext(connection) as captured:
+        started = time.perf_counter()
+        stored = store.assess()
+        seconds = time.perf_counter() - started
+    markets = len(stored.document["markets"])
+    return (
+        f"Readiness task (what the feed serves): {markets} markets judged over 1, 7 and 30 "
+        f"days in {seconds * 1000:.0f} ms, {len(captured)} queries"
+    )
+
+
 def pages(detail_pk, order_id):
     from django.urls import reverse
 
@@ -550,6 +570,7 @@ def pages(detail_pk, order_id):
     outbox = reverse("admin:tiktok_tracking_trackedevent_changelist")
     dashboard = reverse("admin:tiktok_tracking_trackedevent_dashboard")
     detail = reverse("admin:tiktok_tracking_archivedevent_change", args=[detail_pk])
+    feed = reverse("tiktok_tracking:health")
     return [
         ("archive", "archive list", archive, {}),
         ("archive ?status=failed", "archive list", archive, {"status__exact": "failed"}),
@@ -565,6 +586,8 @@ def pages(detail_pk, order_id):
         ("dashboard ?days=1", "dashboard", dashboard, {"days": "1"}),
         ("dashboard ?days=7", "dashboard", dashboard, {"days": "7"}),
         ("dashboard ?days=30", "dashboard", dashboard, {"days": "30"}),
+        ("readiness feed", "feed", feed, {}),
+        ("readiness feed ?market=DE", "feed", feed, {"market": "DE"}),
     ]
 
 
@@ -718,7 +741,10 @@ def print_report(results, load_note, archived_at):
     python = sys.version.split()[0]
     print(f"  PostgreSQL  {facts['version']}; Django {django.get_version()}; Python {python}")
     print(f"  method      Django test Client in-process, 1 warm-up + {TIMED_RUNS} timed GETs")
-    print(f"  target      <= {TARGET_MS} ms per page (median), query count constant")
+    print(
+        f"  target      <= {TARGET_MS} ms per page (median; the readiness feed "
+        f"<= {TARGET_MS_BY_KIND['feed']} ms), query count constant"
+    )
     print()
     header = (
         f"{'page':<26} {'median ms':>9} {'max ms':>8} {'queries':>7} {'SQL ms':>7} "
@@ -727,13 +753,14 @@ def print_report(results, load_note, archived_at):
     print(header)
     print("-" * len(header))
     misses = [] if held == "ok" else ["outbox bound"]
-    for name, _, result in results:
+    for name, kind, result in results:
         queries = "/".join(str(n) for n in result["queries"])
         verdict = "ok"
-        if result["median"] > TARGET_MS:
-            verdict = f"MISS (> {TARGET_MS} ms)"
+        target = TARGET_MS_BY_KIND.get(kind, TARGET_MS)
+        if result["median"] > target:
+            verdict = f"MISS (> {target} ms)"
             misses.append(name)
-        elif result["max"] > TARGET_MS:
+        elif result["max"] > target:
             verdict = "ok (max over)"
         if len(result["queries"]) > 1:
             verdict += ", MISS (query count varies)"
@@ -744,7 +771,7 @@ def print_report(results, load_note, archived_at):
         )
     print()
     print("Query count per kind of page (must not depend on the rows shown or the period):")
-    for kind in ("archive list", "outbox list", "detail", "dashboard"):
+    for kind in ("archive list", "outbox list", "detail", "dashboard", "feed"):
         counts = sorted({n for _, k, r in results if k == kind for n in r["queries"]})
         constant = len(counts) == 1
         if not constant:
@@ -797,12 +824,14 @@ def main(argv=None):
         # The dataset's "now": when the archive ran, as it would have in beat's hourly run.
         archived_at = dataset_is_loaded(cursor, args.rows)
     detail_pk, order_id = sample_rows()
+    assess_note = judge_readiness()
     client = admin_client()
     results = []
     for name, kind, url, params in pages(detail_pk, order_id):
         print(f"Timing {name} ...", flush=True)
         results.append((name, kind, time_page(client, url, params)))
     print_report(results, load_note, archived_at)
+    print(assess_note)
 
     if not args.keep:
         drop_dataset()

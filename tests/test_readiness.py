@@ -255,3 +255,21 @@ def test_a_sound_readiness_setting_passes_the_checks():
 
     with tracking(READINESS={"MARKETS": {"DACH": ["DE", "AT"]}, "MIN_ORDERS": 50}):
         assert not [e for e in check_settings() if e.id == "tiktok_tracking.E019"]
+
+
+@pytest.mark.django_db
+def test_a_purchase_sent_after_the_dedup_window_is_counted_twice():
+    seen = timezone.now() - timedelta(hours=60)
+    purchases(30, prefix="on_time", hours_ago=1, browser_seen_at=timezone.now())
+    late = purchases(3, prefix="late", hours_ago=1, browser_seen_at=seen)
+    # Resent from the admin two days and more after the purchase the pixel reported.
+    TrackedEvent.objects.filter(pk__in=[row.pk for row in late]).update(
+        event_time=seen, delivered_at=timezone.now()
+    )
+    figures = market(readiness_figures.collect(), "US")
+    assert (figures.late_resends, figures.unmergeable) == (3, None)
+    verdict = judge(figures)
+    assert verdict.verdict == NOT_READY
+    assert verdict.reasons[0] == (
+        "3 purchases counted twice by TikTok (3 sent after the dedup window): 9% of tracked"
+    )

@@ -188,7 +188,11 @@ def test_double_counted_purchases_are_a_risk_above_their_thresholds():
     assert judge(figures(unmergeable=2, late_resends=1)).verdict == CAUTION
     verdict = judge(figures(late_resends=6))
     assert verdict.verdict == NOT_READY
-    assert "0 under ids that cannot merge, 6 sent after the dedup window" in verdict.reasons[0]
+    assert verdict.reasons[0] == (
+        "6 purchases counted twice by TikTok (6 sent after the dedup window): 6% of tracked"
+    )
+    verdict = judge(figures(unmergeable=0, late_resends=6))
+    assert "(0 under ids that cannot merge, 6 sent after the dedup window)" in verdict.reasons[0]
 
 
 def test_slow_delivery_and_weak_match_keys_call_for_caution():

@@ -20,6 +20,7 @@ from tiktok_tracking.models import (
     EVENT_TABLES,
     ArchivedEvent,
     DeliveryAnswer,
+    FeedToken,
     Refund,
     TrackedEvent,
 )
@@ -584,3 +585,42 @@ def refunds_table(refunds):
         },
         lines,
     )
+
+
+@admin.register(FeedToken)
+class FeedTokenAdmin(admin.ModelAdmin):
+    """Tokens for the readiness feed: created here (shown once), revoked here, never shown again."""
+
+    list_display = ("name", "hint", "created_at", "revoked_at")
+    fields = ("name", "hint", "created_at", "revoked_at")
+    readonly_fields = ("hint", "created_at", "revoked_at")
+    actions = ("revoke",)
+
+    def has_change_permission(self, request, obj=None):
+        # A token is created and revoked, never edited: the name is all there is to set.
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        from tiktok_tracking.readiness.feed import new_token
+
+        token, obj.token_hash, obj.hint = new_token()
+        super().save_model(request, obj, form, change)
+        self.message_user(
+            request,
+            format_html(
+                "{} <code>{}</code><br>{}",
+                _("The feed token for %(name)s:") % {"name": obj.name},
+                token,
+                _("Copy it now: only its hash is kept, and it is not shown again."),
+            ),
+            messages.WARNING,
+        )
+
+    @admin.action(description=_("Revoke the selected tokens"), permissions=["delete"])
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(
+            request,
+            ngettext("%d token revoked.", "%d tokens revoked.", count) % count,
+            messages.SUCCESS,
+        )

@@ -11,11 +11,7 @@ from tiktok_tracking import conf
 from tiktok_tracking.events import is_valid_event_name
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
 from tiktok_tracking.pixels import parse_pixels, site_scoped
-from tiktok_tracking.standards import MAX_BATCH_SIZE, PURCHASE_EVENT_NAMES
-
-# TikTok deduplicates repeats of one event_id for 48 h; retries must stop well before that.
-DEDUP_WINDOW_HOURS = 48
-
+from tiktok_tracking.standards import DEDUP_WINDOW_HOURS, MAX_BATCH_SIZE, PURCHASE_EVENT_NAMES
 
 PIXELS_HINT = (
     "PIXELS is a list of dicts with PIXEL_ID, ACCESS_TOKEN, and optionally TEST_EVENT_CODE and "

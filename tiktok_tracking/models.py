@@ -299,6 +299,42 @@ class Refund(models.Model):
         return f"refund of order {self.order_id}: {self.amount} {self.currency}"
 
 
+class ReadinessReport(models.Model):
+    """A rule readiness report as the periodic task computed it: the feed serves the latest."""
+
+    computed_at = models.DateTimeField(_("computed at"), default=timezone.now, db_index=True)
+    # The document of readiness.report.build: every market's verdicts, reasons and figures.
+    document = models.JSONField(_("document"))
+
+    class Meta:
+        verbose_name = _("readiness report")
+        verbose_name_plural = _("readiness reports")
+        get_latest_by = ["computed_at", "pk"]
+
+    def __str__(self):
+        return f"readiness report of {self.computed_at:%Y-%m-%d %H:%M}"
+
+
+class FeedToken(models.Model):
+    """A consumer's token for the readiness feed (a rule engine, a cron job): only its hash is
+    kept; the token itself is shown once, when it is created."""
+
+    name = models.CharField(_("name"), max_length=100, help_text=_("Who reads the feed with it."))
+    token_hash = models.CharField(_("token hash"), max_length=64, unique=True, editable=False)
+    # The token's first characters, to tell tokens apart without keeping them.
+    hint = models.CharField(_("begins with"), max_length=8, editable=False)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, editable=False)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = _("feed token")
+        verbose_name_plural = _("feed tokens")
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"{self.name} ({self.hint}…)"
+
+
 class CheckoutContext(models.Model):
     """Browser context captured at checkout, so a webhook without a request still sends it."""
 

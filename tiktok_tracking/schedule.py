@@ -8,6 +8,7 @@ SWEEP_TASK_NAME = "TikTok tracking: sweep outbox"
 PURGE_TASK_NAME = "TikTok tracking: purge raw ip and user agent"
 ROLLUP_TASK_NAME = "TikTok tracking: roll up the dashboard's closed days"
 ARCHIVE_TASK_NAME = "TikTok tracking: archive finished events"
+READINESS_TASK_NAME = "TikTok tracking: judge rule readiness"
 
 
 def ensure_periodic_tasks(sender=None, using="default", **kwargs):
@@ -21,6 +22,7 @@ def ensure_periodic_tasks(sender=None, using="default", **kwargs):
         PURGE_TASK_NAME: (3600, "tiktok_tracking.purge_personal_data"),
         ROLLUP_TASK_NAME: (900, "tiktok_tracking.refresh_rollups"),
         ARCHIVE_TASK_NAME: (3600, "tiktok_tracking.archive_finished"),
+        READINESS_TASK_NAME: (300, "tiktok_tracking.assess_readiness"),
     }
     for name, (seconds, task) in every.items():
         interval, _ = IntervalSchedule.objects.using(using).get_or_create(

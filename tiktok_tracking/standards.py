@@ -13,6 +13,10 @@ CODE_INTERNAL_ERROR = 50000
 CODE_SERVICE_UNAVAILABLE = 50002
 SERVER_ERROR_CODES = range(50000, 60000)
 
+# TikTok deduplicates repeats of one event_id for 48 h; retries must stop well before that,
+# and a purchase sent again later is counted again.
+DEDUP_WINDOW_HOURS = 48
+
 STANDARD_EVENTS = frozenset(
     {
         "AddPaymentInfo",

@@ -76,3 +76,12 @@ def archive_finished():
     moved = archive.archive_finished()
     if moved:
         logger.info("TikTok archive: %d finished row(s) moved out of the outbox", moved)
+
+
+@shared_task(name="tiktok_tracking.assess_readiness", acks_late=True, ignore_result=True)
+def assess_readiness():
+    """Judge every market's readiness and store the report the feed serves."""
+    from tiktok_tracking.readiness import store
+
+    stored = store.assess()
+    logger.info("TikTok readiness: %d market(s) judged", len(stored.document.get("markets", ())))

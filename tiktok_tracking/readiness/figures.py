@@ -16,7 +16,7 @@ import math
 from collections import Counter, defaultdict
 from datetime import timedelta
 
-from django.db.models import FloatField, Max, Min, Q, Sum
+from django.db.models import Count, F, FloatField, Max, Min, Q, Sum
 from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
@@ -25,12 +25,13 @@ from tiktok_tracking.dashboard.figures import IN_FLIGHT, purchase_names
 from tiktok_tracking.dashboard.queries import created_on
 from tiktok_tracking.dedup import BROWSER_ONLY, MERGED, SERVER_ONLY, SUPPRESSED, dedup_verdict
 from tiktok_tracking.events import MATCH_KEYS
-from tiktok_tracking.models import DailyRollup, Refund, TrackedEvent
+from tiktok_tracking.models import EVENT_TABLES, DailyRollup, Refund, TrackedEvent
 from tiktok_tracking.readiness import quality
 from tiktok_tracking.readiness.markets import market_index, market_of
 from tiktok_tracking.readiness.verdict import WINDOWS, MarketFigures
 from tiktok_tracking.reconcile import paid_orders_source, scan_paid_orders
 from tiktok_tracking.rollups import KEY_FIELDS, day_bounds, grouped_everywhere
+from tiktok_tracking.standards import DEDUP_WINDOW_HOURS
 
 # Delivered purchases the latency percentiles are read from, newest first.
 LATENCY_SAMPLE = 5000
@@ -128,6 +129,39 @@ def outbox_facts(names, now, index):
     return oldest, latencies, last_receipt, since_receipt
 
 
+def late_resends(first_day, names, index):
+    """``{(market, day): purchases}`` the server lane delivered after TikTok's dedup window
+    while the pixel had reported them: TikTok counts each twice. One query per table."""
+    late = Counter()
+    for model in EVENT_TABLES:
+        rows = (
+            model.objects.filter(
+                event__in=names,
+                created_at__gte=day_bounds(first_day)[0],
+                status=Status.DELIVERED,
+                browser_seen_at__isnull=False,
+                delivered_at__gt=F("event_time") + timedelta(hours=DEDUP_WINDOW_HOURS),
+            )
+            .annotate(day=TruncDate("created_at"))
+            .values("country", "day")
+            .annotate(count=Count("pk"))
+            .values_list("country", "day", "count")
+            .order_by()
+        )
+        for country, day, count in rows:
+            late[(market_of(country, index), day)] += count
+    return late
+
+
+def in_window(counts, market, days, today):
+    """The sum of ``{(market, day): n}`` over ``market``'s days of the ``days`` window."""
+    return sum(
+        value
+        for (counted_market, day), value in counts.items()
+        if counted_market == market and (today - day).days < days
+    )
+
+
 def refunded_orders(first_day, index):
     """``{(market, day): refunds as orders}`` since ``first_day``: each refund's share of its
     order's value."""
@@ -192,7 +226,9 @@ def collect(now=None, *, paid=True):
         for days in windows_of_day.get(day, ()):
             tallies[(market, days)].add(group)
 
-    refunds = refunded_orders(today - timedelta(days=max(WINDOWS) - 1), index)
+    first_day = today - timedelta(days=max(WINDOWS) - 1)
+    refunds = refunded_orders(first_day, index)
+    resent_late = late_resends(first_day, names, index)
     oldest, latencies, last_receipt, since_receipt = outbox_facts(names, now, index)
     paid_by_window = paid_orders_by_market(today, index) if paid else None
 
@@ -223,11 +259,8 @@ def collect(now=None, *, paid=True):
                     match_quality=quality.market_score(counts["recorded"], tally.with_key),
                     last_receipt_at=last_receipt.get(market),
                     server_orders_since_last_receipt=since_receipt[market],
-                    refunded_orders=sum(
-                        orders
-                        for (refund_market, day), orders in refunds.items()
-                        if refund_market == market and (today - day).days < days
-                    ),
+                    late_resends=in_window(resent_late, market, days, today),
+                    refunded_orders=in_window(refunds, market, days, today),
                 )
             )
     return figures

@@ -77,9 +77,10 @@ class MarketFigures:
     merged: int = 0
     server_only: int = 0
     browser_only: int = 0
-    # Both lanes sent the purchase under ids that cannot merge, or the server lane sent it
-    # after TikTok's dedup window: TikTok counts these twice.
-    unmergeable: int = 0
+    # Both lanes sent the purchase under ids that cannot merge (None: not measured, a browser
+    # receipt does not name its order), or the server lane sent it after TikTok's dedup
+    # window: TikTok counts these twice.
+    unmergeable: int | None = None
     late_resends: int = 0
     oldest_undelivered_at: datetime | None = None
     latency_p50_seconds: float | None = None
@@ -114,7 +115,7 @@ class MarketFigures:
 
     @property
     def double_counted(self):
-        return self.unmergeable + self.late_resends
+        return (self.unmergeable or 0) + self.late_resends
 
     @property
     def double_count_share(self):
@@ -235,10 +236,12 @@ def check_double_count(figures, limits):
     share = figures.double_count_share
     if not share:
         return None
+    parts = [f"{figures.late_resends} sent after the dedup window"]
+    if figures.unmergeable is not None:
+        parts.insert(0, f"{figures.unmergeable} under ids that cannot merge")
     reason = (
-        f"{figures.double_counted} purchases counted twice by TikTok "
-        f"({figures.unmergeable} under ids that cannot merge, {figures.late_resends} sent "
-        f"after the dedup window): {percent(share)} of tracked"
+        f"{figures.double_counted} purchases counted twice by TikTok ({', '.join(parts)}): "
+        f"{percent(share)} of tracked"
     )
     return graded(share, reason, limits.double_count_caution, limits.double_count_not_ready)
 

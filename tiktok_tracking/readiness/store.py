@@ -1,0 +1,37 @@
+"""Stored readiness reports: the periodic task writes one, the feed reads the latest (I/O)."""
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from tiktok_tracking import conf
+from tiktok_tracking.models import ReadinessReport
+from tiktok_tracking.readiness import figures, report
+
+# Reports older than this are deleted when a new one is stored: the feed serves the latest,
+# and alerts compare it with the one before.
+KEEP_REPORTS = timedelta(days=2)
+
+
+def build_report(now=None, *, paid=True):
+    """The readiness report of every market now, under the READINESS settings."""
+    now = now or timezone.now()
+    return report.build(
+        figures.collect(now, paid=paid),
+        conf.readiness_thresholds(),
+        window_days=conf.readiness_settings()["WINDOW_DAYS"],
+        generated_at=now,
+    )
+
+
+def assess(now=None):
+    """Compute the report (the shop's paid orders read), store it, drop old ones."""
+    now = now or timezone.now()
+    stored = ReadinessReport.objects.create(computed_at=now, document=build_report(now))
+    ReadinessReport.objects.filter(computed_at__lt=now - KEEP_REPORTS).delete()
+    return stored
+
+
+def latest():
+    """The latest stored report, or None before the periodic task has stored one."""
+    return ReadinessReport.objects.order_by("-computed_at", "-pk").first()
