@@ -240,6 +240,7 @@ def test_tiktok_health_json_follows_its_schema():
         ({"COVERAGE_CAUTION": "90%"}, "COVERAGE_CAUTION must be a number of at least 0"),
         ({"REFUNDS_CAUTION": 0.5}, "REFUNDS_CAUTION must not be above REFUNDS_NOT_READY"),
         ("strict", "must be a dict, not str"),
+        ({"ALERT_WEBHOOK_URL": "https://x.example/hook"}, "without ALERT_WEBHOOK_SECRET"),
     ],
 )
 def test_a_bad_readiness_setting_is_e019_naming_it(readiness, message):

@@ -21,6 +21,7 @@ from tiktok_tracking.models import (
     ArchivedEvent,
     DeliveryAnswer,
     FeedToken,
+    ReadinessAlert,
     Refund,
     TrackedEvent,
 )
@@ -624,3 +625,29 @@ class FeedTokenAdmin(admin.ModelAdmin):
             ngettext("%d token revoked.", "%d tokens revoked.", count) % count,
             messages.SUCCESS,
         )
+
+
+@admin.register(ReadinessAlert)
+class ReadinessAlertAdmin(admin.ModelAdmin):
+    """Each change of a market's readiness verdict and its webhook delivery: read only."""
+
+    list_display = ("created_at", "market", "old", "new", "status", "attempts", "last_error")
+    list_filter = ("market", "new", "status")
+    readonly_fields = (
+        "created_at",
+        "market",
+        "old",
+        "new",
+        "reasons",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "last_error",
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

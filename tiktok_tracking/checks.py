@@ -222,6 +222,11 @@ def _check_readiness():
                 f"{type(values['MARKETS']).__name__}"
             )
         market_index(values["MARKETS"])
+        if values["ALERT_WEBHOOK_URL"] and not values["ALERT_WEBHOOK_SECRET"]:
+            raise ValueError(
+                "READINESS['ALERT_WEBHOOK_URL'] is set without ALERT_WEBHOOK_SECRET: the "
+                "webhook's alerts are signed with it, so that the receiver can trust them"
+            )
         if values["WINDOW_DAYS"] not in WINDOWS:
             raise ValueError(
                 f"READINESS['WINDOW_DAYS'] must be one of {', '.join(map(str, WINDOWS))}, not "

@@ -94,7 +94,14 @@ def readiness_defaults():
     from tiktok_tracking.readiness.verdict import Thresholds
 
     thresholds = {field.name.upper(): field.default for field in fields(Thresholds)}
-    return {"MARKETS": {}, "WINDOW_DAYS": 7, **thresholds}
+    return {
+        "MARKETS": {},
+        "WINDOW_DAYS": 7,
+        "ALERT_MAIL": True,
+        "ALERT_WEBHOOK_URL": None,
+        "ALERT_WEBHOOK_SECRET": None,
+        **thresholds,
+    }
 
 
 def readiness_settings():
@@ -116,16 +123,12 @@ def readiness_settings():
 
 def readiness_thresholds():
     """The verdict rules' thresholds from READINESS (a ValueError names a bad one)."""
+    from dataclasses import fields
+
     from tiktok_tracking.readiness.verdict import Thresholds
 
     values = readiness_settings()
-    return Thresholds(
-        **{
-            name.lower(): value
-            for name, value in values.items()
-            if name not in ("MARKETS", "WINDOW_DAYS")
-        }
-    )
+    return Thresholds(**{field.name: values[field.name.upper()] for field in fields(Thresholds)})
 
 
 def user_settings():
@@ -171,6 +174,11 @@ def public_settings():
     """The effective settings with the access token reduced to whether it is set."""
     values = {key: get(key) for key in DEFAULTS}
     values["ACCESS_TOKEN"] = _token_state(values["ACCESS_TOKEN"])
+    if isinstance(values["READINESS"], Mapping) and "ALERT_WEBHOOK_SECRET" in values["READINESS"]:
+        values["READINESS"] = {
+            **values["READINESS"],
+            "ALERT_WEBHOOK_SECRET": _token_state(values["READINESS"]["ALERT_WEBHOOK_SECRET"]),
+        }
     if values["PIXELS"] is not None:
         values["PIXELS"] = _public_pixels(values["PIXELS"])
     # Callables (a COUNTRY_RESOLVER given as a function) are recorded by name.

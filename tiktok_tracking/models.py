@@ -335,6 +335,37 @@ class FeedToken(models.Model):
         return f"{self.name} ({self.hint}…)"
 
 
+class ReadinessAlert(models.Model):
+    """A market's readiness verdict changed: the alert, and its delivery to the webhook."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SENT = "sent", _("Sent")
+        FAILED = "failed", _("Failed")
+
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    market = models.CharField(_("market"), max_length=64)
+    old = models.CharField(_("verdict before"), max_length=32)
+    new = models.CharField(_("verdict now"), max_length=32)
+    reasons = models.JSONField(_("reasons"), default=list)
+    # The webhook's delivery: none configured leaves the alert "sent" with no attempt.
+    status = models.CharField(
+        _("webhook"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), default=timezone.now)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("readiness alert")
+        verbose_name_plural = _("readiness alerts")
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"{self.market}: {self.old} -> {self.new}"
+
+
 class CheckoutContext(models.Model):
     """Browser context captured at checkout, so a webhook without a request still sends it."""
 

@@ -1,9 +1,10 @@
-"""Connects the app to the shop's signals; recording.py and refunds.py do the work."""
+"""Connects the app's receivers to the shop's signals and to its own; others do the work."""
 
 from tiktok_tracking import conf
+from tiktok_tracking.readiness.alerts import mail_site_admins
 from tiktok_tracking.recording import record_order_event
 from tiktok_tracking.refunds import record_refund
-from tiktok_tracking.signals import order_refunded, payment_completed
+from tiktok_tracking.signals import order_refunded, payment_completed, readiness_changed
 
 
 def connect():
@@ -11,6 +12,9 @@ def connect():
         on_payment_completed, dispatch_uid="tiktok_tracking.on_payment_completed"
     )
     order_refunded.connect(on_order_refunded, dispatch_uid="tiktok_tracking.on_order_refunded")
+    readiness_changed.connect(
+        mail_site_admins, dispatch_uid="tiktok_tracking.mail_readiness_change"
+    )
 
 
 def on_payment_completed(sender, order, request=None, event_id_suffix=None, charge=None, **kw):

@@ -12,6 +12,11 @@ payment_completed = Signal()
 # the same amount. TikTok has no refund event: the app records it and sends nothing.
 order_refunded = Signal()
 
+# Sent by the app when a market's rule readiness verdict changes between two stored reports:
+# market, old, new (ready, caution, not_ready, insufficient_data), reasons (a list of str),
+# alert (the ReadinessAlert row). The app's own receiver mails the site admins.
+readiness_changed = Signal()
+
 # Sent by the app after a delivery attempt has been recorded; receivers get the row ids.
 events_delivered = Signal()  # tracked_event_ids
 events_failed = Signal()  # tracked_event_ids, permanent (bool)

@@ -80,8 +80,10 @@ def archive_finished():
 
 @shared_task(name="tiktok_tracking.assess_readiness", acks_late=True, ignore_result=True)
 def assess_readiness():
-    """Judge every market's readiness and store the report the feed serves."""
-    from tiktok_tracking.readiness import store
+    """Judge every market's readiness, store the report the feed serves, send the alerts."""
+    from tiktok_tracking.readiness import alerts, store
 
     stored = store.assess()
+    # New alerts, and the ones whose webhook delivery is due for another try.
+    alerts.deliver_alerts()
     logger.info("TikTok readiness: %d market(s) judged", len(stored.document.get("markets", ())))

@@ -25,9 +25,15 @@ def build_report(now=None, *, paid=True):
 
 
 def assess(now=None):
-    """Compute the report (the shop's paid orders read), store it, drop old ones."""
+    """Compute the report (the shop's paid orders read), store it, alert on every market whose
+    verdict changed since the last one, drop old reports."""
+    from tiktok_tracking.readiness.alerts import record_changes
+
     now = now or timezone.now()
+    previous = latest()
     stored = ReadinessReport.objects.create(computed_at=now, document=build_report(now))
+    if previous is not None:
+        record_changes(previous.document, stored.document, now)
     ReadinessReport.objects.filter(computed_at__lt=now - KEEP_REPORTS).delete()
     return stored
 

@@ -1,0 +1,207 @@
+"""Readiness alerts: a market ready -> not_ready -> ready sends two alerts, by mail and webhook."""
+
+import json
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.core import mail
+from django.test import override_settings
+from django.utils import timezone
+
+from tests.factories import outbox_rows
+from tests.test_outbox import tracking
+from tiktok_tracking import rollups
+from tiktok_tracking.models import ReadinessAlert, TrackedEvent
+from tiktok_tracking.readiness import alerts
+from tiktok_tracking.signals import readiness_changed
+from tiktok_tracking.tasks import assess_readiness
+
+SECRET = "webhook-shared-secret"
+Status = TrackedEvent.Status
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A shop's alert endpoint: records each POST, answers what the test programs."""
+
+    answers = []
+    received = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        status = type(self).answers.pop(0) if type(self).answers else 204
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    Receiver.answers, Receiver.received = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/alerts", Receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def verified(headers, body):
+    """The alert as the receiving shop reads it, after checking its signature."""
+    expected = alerts.signature(SECRET, headers[alerts.TIMESTAMP_HEADER], body)
+    assert headers[alerts.SIGNATURE_HEADER] == expected
+    return json.loads(body)
+
+
+def healthy_purchases(prefix, count=25):
+    rows = outbox_rows(count, prefix=prefix)
+    TrackedEvent.objects.filter(pk__in=[row.pk for row in rows]).update(
+        status=Status.DELIVERED,
+        delivered_at=timezone.now(),
+        browser_seen_at=timezone.now(),
+        match_keys=rollups.key_mask("email", "ttclid", "ip", "user_agent"),
+    )
+    return rows
+
+
+@pytest.mark.django_db
+@override_settings(ADMINS=[("Shop admin", "admin@shop.example")])
+def test_ready_to_not_ready_and_back_sends_two_alerts_by_mail_and_webhook(webhook):
+    url, receiver = webhook
+    with tracking(
+        PAID_ORDERS=None,
+        READINESS={"ALERT_WEBHOOK_URL": url, "ALERT_WEBHOOK_SECRET": SECRET},
+    ):
+        healthy_purchases("before", count=25)
+        assess_readiness()  # the first report: nothing to compare with, no alert
+        assess_readiness()  # the same verdicts: no alert
+        assert not ReadinessAlert.objects.exists() and not mail.outbox
+
+        # A theme release breaks the pixel: its last receipt is 3 hours old, and purchases
+        # go on through the server lane alone.
+        TrackedEvent.objects.update(browser_seen_at=timezone.now() - timedelta(hours=3))
+        unseen = healthy_purchases("unseen", count=4)
+        TrackedEvent.objects.filter(pk__in=[row.pk for row in unseen]).update(browser_seen_at=None)
+        assess_readiness()
+        # The theme is fixed: the pixel reports purchases again.
+        TrackedEvent.objects.filter(pk__in=[row.pk for row in unseen]).update(
+            browser_seen_at=timezone.now()
+        )
+        assess_readiness()
+
+    assert [(a.market, a.old, a.new, a.status) for a in ReadinessAlert.objects.order_by("pk")] == [
+        ("US", "ready", "not_ready", "sent"),
+        ("US", "not_ready", "ready", "sent"),
+    ]
+    assert [m.subject for m in mail.outbox] == [
+        "[Django] TikTok tracking: US is not_ready (was ready)",
+        "[Django] TikTok tracking: US is ready (was not_ready)",
+    ]
+    assert "while 4 server purchases followed" in mail.outbox[0].body
+    sent = [verified(headers, body) for headers, body in receiver.received]
+    assert [(a["market"], a["old"], a["new"]) for a in sent] == [
+        ("US", "ready", "not_ready"),
+        ("US", "not_ready", "ready"),
+    ]
+    assert sent[0]["reasons"][0].startswith("pixel receipts stopped at ")
+
+
+@pytest.mark.django_db
+def test_a_failed_webhook_is_retried_with_backoff_and_recorded(webhook):
+    url, receiver = webhook
+    receiver.answers = [503, 500]
+    alert = ReadinessAlert.objects.create(market="DE", old="ready", new="not_ready")
+    with tracking(READINESS={"ALERT_WEBHOOK_URL": url, "ALERT_WEBHOOK_SECRET": SECRET}):
+        now = timezone.now()
+        assert alerts.deliver_alerts(now) == 0
+        alert.refresh_from_db()
+        assert (alert.status, alert.attempts, alert.last_error) == ("pending", 1, "HTTP 503")
+        assert alert.next_attempt_at == now + timedelta(seconds=60)
+        assert alerts.deliver_alerts(now) == 0, "not due yet"
+        assert alerts.deliver_alerts(now + timedelta(seconds=61)) == 0
+        alert.refresh_from_db()
+        assert alert.next_attempt_at == now + timedelta(seconds=61 + 120)
+        assert alerts.deliver_alerts(now + timedelta(hours=1)) == 1
+    alert.refresh_from_db()
+    assert (alert.status, alert.attempts, alert.last_error) == ("sent", 3, "")
+    assert len(receiver.received) == 3
+    verified(*receiver.received[-1])
+
+
+@pytest.mark.django_db
+def test_an_unreachable_webhook_fails_after_its_attempts_with_the_reason():
+    alert = ReadinessAlert.objects.create(market="DE", old="ready", new="not_ready")
+    with tracking(
+        READINESS={"ALERT_WEBHOOK_URL": "http://127.0.0.1:9/x", "ALERT_WEBHOOK_SECRET": SECRET}
+    ):
+        when = timezone.now()
+        for _ in range(alerts.MAX_ATTEMPTS):
+            alerts.deliver_alerts(when)
+            when += timedelta(days=1)
+    alert.refresh_from_db()
+    assert (alert.status, alert.attempts) == ("failed", alerts.MAX_ATTEMPTS)
+    assert alert.last_error.startswith("ConnectionError")
+
+
+def test_only_markets_whose_verdict_changed_raise_an_alert():
+    def document(**verdicts):
+        return {
+            "markets": [{"market": m, "verdict": v, "reasons": [v]} for m, v in verdicts.items()]
+        }
+
+    before = document(US="ready", DE="caution")
+    after = document(US="ready", DE="not_ready", FR="ready")
+    assert alerts.changes(before, after) == [("DE", "caution", "not_ready", ["not_ready"])]
+
+
+@pytest.mark.django_db
+def test_a_shops_own_receiver_gets_the_change():
+    seen = []
+
+    def receiver(sender, market, old, new, reasons, alert, **kwargs):
+        seen.append((market, old, new, alert.pk))
+
+    readiness_changed.connect(receiver)
+    try:
+        with tracking(READINESS={"ALERT_MAIL": False}):
+            alerts.record_changes(
+                {"markets": [{"market": "US", "verdict": "ready", "reasons": []}]},
+                {"markets": [{"market": "US", "verdict": "caution", "reasons": ["x"]}]},
+            )
+    finally:
+        readiness_changed.disconnect(receiver)
+    [alert] = ReadinessAlert.objects.all()
+    assert seen == [("US", "ready", "caution", alert.pk)]
+    assert alert.status == "sent", "no webhook set: nothing left to deliver"
+    assert not mail.outbox, "ALERT_MAIL off"
+
+
+def test_the_webhook_secret_is_never_in_the_recorded_settings():
+    from tiktok_tracking import conf
+
+    with tracking(
+        READINESS={"ALERT_WEBHOOK_URL": "https://x.example", "ALERT_WEBHOOK_SECRET": SECRET}
+    ):
+        shown = conf.public_settings()
+    assert SECRET not in json.dumps(shown)
+    assert shown["READINESS"]["ALERT_WEBHOOK_SECRET"] == "set"
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_alerts_read_only():
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    ReadinessAlert.objects.create(market="DE", old="ready", new="not_ready", reasons=["why"])
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    page = client.get("/admin/tiktok_tracking/readinessalert/").content.decode()
+    assert "DE" in page and "not_ready" in page
+    assert client.get("/admin/tiktok_tracking/readinessalert/add/").status_code == 403

@@ -1,0 +1,149 @@
+"""Alerts when a market's readiness changes: the readiness_changed signal, mail, a signed webhook.
+
+Each stored report is compared with the one before it (``changes``, pure); each market whose
+verdict changed becomes a ReadinessAlert row and a ``readiness_changed`` signal. Out of the
+box, a receiver mails the site admins (``mail_admins``); when READINESS names a webhook, the
+alert is POSTed there as signed JSON by ``deliver_alerts``, retried with backoff and recorded
+on its row. A market seen for the first time raises no alert: there is no change to report.
+"""
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import timedelta
+
+import requests
+from django.core.mail import mail_admins
+from django.utils import timezone
+
+from tiktok_tracking import conf
+from tiktok_tracking.models import ReadinessAlert
+from tiktok_tracking.redaction import redact
+from tiktok_tracking.signals import readiness_changed
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-TikTok-Tracking-Signature"
+TIMESTAMP_HEADER = "X-TikTok-Tracking-Timestamp"
+MAX_ATTEMPTS = 8
+FIRST_RETRY_SECONDS = 60
+TIMEOUT_SECONDS = 10
+ERROR_LENGTH = 500
+
+
+def changes(previous, current):
+    """``[(market, old, new, reasons)]`` of the markets whose verdict differs between two
+    report documents, in the current report's order (pure)."""
+    before = {market["market"]: market["verdict"] for market in previous.get("markets", ())}
+    return [
+        (market["market"], before[market["market"]], market["verdict"], market["reasons"])
+        for market in current.get("markets", ())
+        if market["market"] in before and before[market["market"]] != market["verdict"]
+    ]
+
+
+def record_changes(previous, current, now=None):
+    """Record an alert for each change from ``previous`` to ``current`` and signal it."""
+    now = now or timezone.now()
+    webhook = conf.readiness_settings()["ALERT_WEBHOOK_URL"]
+    alerts = []
+    for market, old, new, reasons in changes(previous, current):
+        alert = ReadinessAlert.objects.create(
+            created_at=now,
+            market=market,
+            old=old,
+            new=new,
+            reasons=reasons,
+            status=ReadinessAlert.Status.PENDING if webhook else ReadinessAlert.Status.SENT,
+            next_attempt_at=now,
+        )
+        alerts.append(alert)
+        readiness_changed.send(
+            sender=ReadinessAlert, market=market, old=old, new=new, reasons=reasons, alert=alert
+        )
+    return alerts
+
+
+def mail_site_admins(sender, market, old, new, reasons, **kwargs):
+    """The built-in receiver: mail the site admins (ADMINS) when ALERT_MAIL is on."""
+    if not conf.readiness_settings()["ALERT_MAIL"]:
+        return
+    lines = [f"TikTok rule readiness of {market}: {old} -> {new}", ""]
+    lines += [f"- {reason}" for reason in reasons]
+    lines += ["", "Hold automated ad rules for this market while it is not ready."]
+    mail_admins(f"TikTok tracking: {market} is {new} (was {old})", "\n".join(lines))
+
+
+def payload(alert):
+    """The JSON the webhook receives for ``alert``."""
+    return {
+        "version": 1,
+        "type": "readiness_changed",
+        "id": alert.pk,
+        "created_at": alert.created_at.isoformat(),
+        "market": alert.market,
+        "old": alert.old,
+        "new": alert.new,
+        "reasons": alert.reasons,
+    }
+
+
+def signature(secret, timestamp, body):
+    """``sha256=<hex>``: HMAC-SHA256 of ``<timestamp>.<body>`` under the shared secret."""
+    signed = f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+
+
+def signed_request(alert, secret, timestamp=None):
+    """The body and headers of ``alert``'s POST."""
+    timestamp = str(int(time.time() if timestamp is None else timestamp))
+    body = json.dumps(payload(alert), sort_keys=True).encode("utf-8")
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: signature(secret, timestamp, body),
+    }
+    return body, headers
+
+
+def deliver_alerts(now=None, session=None):
+    """POST the pending alerts that are due to the webhook; returns how many were sent."""
+    now = now or timezone.now()
+    settings = conf.readiness_settings()
+    url, secret = settings["ALERT_WEBHOOK_URL"], settings["ALERT_WEBHOOK_SECRET"]
+    due = ReadinessAlert.objects.filter(
+        status=ReadinessAlert.Status.PENDING, next_attempt_at__lte=now
+    ).order_by("created_at", "pk")
+    if not url:
+        return 0
+    session = session or requests.Session()
+    sent = 0
+    for alert in due:
+        body, headers = signed_request(alert, secret)
+        alert.attempts += 1
+        try:
+            answer = session.post(url, data=body, headers=headers, timeout=TIMEOUT_SECONDS)
+            error = None if answer.ok else f"HTTP {answer.status_code}"
+        except requests.RequestException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            alert.status, alert.sent_at, alert.last_error = ReadinessAlert.Status.SENT, now, ""
+            sent += 1
+        else:
+            # The error may quote the URL, which may carry credentials: redacted, and bounded.
+            alert.last_error = redact(error, [secret] if secret else [], limit=ERROR_LENGTH)
+            if alert.attempts >= MAX_ATTEMPTS:
+                alert.status = ReadinessAlert.Status.FAILED
+            else:
+                delay = FIRST_RETRY_SECONDS * 2 ** (alert.attempts - 1)
+                alert.next_attempt_at = now + timedelta(seconds=delay)
+            logger.warning(
+                "TikTok readiness alert %s not delivered (attempt %d): %s",
+                alert.pk,
+                alert.attempts,
+                alert.last_error,
+            )
+        alert.save(update_fields=["status", "attempts", "next_attempt_at", "sent_at", "last_error"])
+    return sent
