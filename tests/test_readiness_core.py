@@ -216,3 +216,38 @@ def test_thresholds_are_checked():
     with pytest.raises(ValueError, match="MATCH_QUALITY_CAUTION must be a number of at least 0"):
         Thresholds(match_quality_caution="high")
     assert judge(figures(tracked_orders=85), Thresholds(coverage_caution=0.8)).verdict == READY
+
+
+# --- the dashboard's market table --------------------------------------------------------------
+
+
+def test_coverage_per_day_per_market_and_its_sparkline():
+    from datetime import date
+
+    from tiktok_tracking.readiness.panel import coverage_by_day, sparkline
+
+    days = [date(2026, 12, 1), date(2026, 12, 2), date(2026, 12, 3)]
+
+    def group(day, country, status, seen, events):
+        return {
+            "day": day,
+            "country": country,
+            "status": status,
+            "browser_seen": seen,
+            "events": events,
+        }
+
+    series = coverage_by_day(
+        [
+            group(days[0], "DE", "delivered", True, 9),
+            group(days[0], "DE", "failed", False, 1),
+            group(days[0], "AT", "suppressed", False, 5),  # withheld: apart
+            group(days[2], "DE", "pending", False, 4),
+            group(days[2], "DE", "delivered", False, 4),
+        ],
+        market_index({"DACH": ["DE", "AT"]}),
+        days,
+    )
+    assert series == {"DACH": [0.9, None, 0.5]}
+    assert sparkline(series["DACH"], width=90, height=18) == "0.0,2.6 90.0,9.0"
+    assert sparkline([None, None]) == sparkline([1.0]) == ""

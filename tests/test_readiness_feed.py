@@ -254,3 +254,16 @@ def test_a_token_is_created_and_shown_once_in_the_admin_and_revoked_there():
     )
     assert FeedToken.objects.get().revoked_at is not None
     assert get(token).status_code == 403
+
+
+@pytest.mark.django_db
+def test_the_dashboard_shows_the_market_table_of_the_stored_report():
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    dashboard = "/admin/tiktok_tracking/trackedevent/dashboard/"
+    assert "No readiness report yet" in admin.get(dashboard).content.decode()
+    delivered(25, "us")
+    assess_readiness()
+    html = admin.get(dashboard).content.decode()
+    assert 'class="market-ready"' in html
+    assert "coverage 100% (25 of 25 recorded purchases)" in html

@@ -59,6 +59,23 @@ def closed_day_groups(first_day, today, read_live=()):
     )
 
 
+def purchase_day_groups(first_day, today, names):
+    """The purchases of the period's rolled-up days by day, country, status and receipt."""
+    return list(
+        DailyRollup.objects.filter(day__gte=first_day, day__lt=today, event__in=names, events__gt=0)
+        .values("day", "country", "status", "browser_seen")
+        .annotate(events=Sum("events"))
+        .order_by()
+    )
+
+
+def latest_readiness():
+    """The latest stored readiness report, or None."""
+    from tiktok_tracking.readiness.store import latest
+
+    return latest()
+
+
 def created_on(days, today):
     """The rows created on ``days``, today among them; from today on, with no end."""
     runs = []

@@ -1,6 +1,7 @@
 """The dashboard page: reads the period's figures (never writes) and renders them."""
 
 import json
+from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
@@ -35,6 +36,8 @@ from tiktok_tracking.dashboard.figures import (
     unrolled_days,
 )
 from tiktok_tracking.pixels import configured_tokens
+from tiktok_tracking.readiness.markets import market_index
+from tiktok_tracking.readiness.panel import coverage_by_day, market_rows
 from tiktok_tracking.rollups import day_bounds
 
 TEMPLATE = "admin/tiktok_tracking/dashboard.html"
@@ -80,6 +83,7 @@ def dashboard_context(days, now=None):
     keys = key_counts(purchase_groups)
     daily = daily_series([*closed_days, *live_day_counts(live, live_days)], first_day, days)
     config = queries.stored_config()
+    readiness = readiness_table(first_day, today, days, live, unrolled)
 
     facts = HealthFacts(
         purchase_event=purchase_event,
@@ -141,6 +145,30 @@ def dashboard_context(days, now=None):
         "facts": facts,
         "checklist": evaluate_checklist(facts),
         "config": config,
+        "readiness": readiness,
+    }
+
+
+def readiness_table(first_day, today, days, live, unrolled):
+    """The market table: the latest stored report, with each market's coverage per day of the
+    period (rolled-up days from the rollups, the rest from the live groups already read)."""
+    report = queries.latest_readiness()
+    if report is None:
+        return None
+    names = purchase_names(conf.get("PURCHASE_EVENT"))
+    rolled = [
+        group
+        for group in queries.purchase_day_groups(first_day, today, names)
+        if group["day"] not in unrolled
+    ]
+    read_live = [group for group in live if group["event"] in names]
+    period = [first_day + timedelta(days=offset) for offset in range(days)]
+    index = market_index(conf.readiness_settings()["MARKETS"])
+    series = coverage_by_day([*rolled, *read_live], index, period)
+    return {
+        "computed_at": report.computed_at,
+        "window_days": report.document["window_days"],
+        "rows": market_rows(report.document, series),
     }
 
 
