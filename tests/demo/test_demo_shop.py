@@ -172,3 +172,32 @@ def test_demo_stops_the_rest_when_a_child_dies(tmp_path):
     assert code != 0, output
     assert "sandbox exited with code" in output
     assert not listening(shop_port)
+
+
+def test_a_simulated_broken_pixel_turns_its_market_not_ready_and_clear_undoes_it(tmp_path):
+    env = demo_env(tmp_path)
+    assert run(env, "manage.py", "migrate", "--noinput", "-v", "0").returncode == 0
+    assert run(env, "manage.py", "seed_demo").returncode == 0
+
+    broken = run(env, "manage.py", "simulate_market_trouble", "--country", "DE")
+    assert broken.returncode == 0, broken.stderr
+    assert "DE is now not_ready:" in broken.stdout
+    assert "pixel receipts stopped at" in broken.stdout
+    health = run(env, "manage.py", "tiktok_health", "--market", "DE")
+    assert health.returncode == 1, health.stdout + health.stderr
+    assert "not_ready" in health.stdout
+
+    cleared = run(env, "manage.py", "simulate_market_trouble", "--country", "DE", "--clear")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "simulated orders removed" in cleared.stdout
+
+
+def test_a_simulated_stopped_worker_turns_its_market_not_ready(tmp_path):
+    env = demo_env(tmp_path)
+    assert run(env, "manage.py", "migrate", "--noinput", "-v", "0").returncode == 0
+    assert run(env, "manage.py", "seed_demo").returncode == 0
+    argv = ("simulate_market_trouble", "--country", "US", "--trouble", "worker")
+    stopped = run(env, "manage.py", *argv)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "US is now not_ready:" in stopped.stdout
+    assert "oldest undelivered purchase waiting 90 min" in stopped.stdout
