@@ -218,7 +218,7 @@ def test_tiktok_health_json_follows_its_schema():
     }
     assert [m["market"] for m in document["markets"]] == ["CA", "US"]
     for entry in document["markets"]:
-        assert set(entry) == {"market", "verdict", "reasons", "windows"}
+        assert set(entry) == {"market", "verdict", "reasons", "windows", "countries"}
         assert set(entry["windows"]) == {"1", "7", "30"}
         for window in entry["windows"].values():
             assert set(window) == {"verdict", "reasons", "figures"}
@@ -274,3 +274,25 @@ def test_a_purchase_sent_after_the_dedup_window_is_counted_twice():
     assert verdict.reasons[0] == (
         "3 purchases counted twice by TikTok (3 sent after the dedup window): 9% of tracked"
     )
+
+
+@pytest.mark.django_db
+def test_a_grouped_market_lists_each_countrys_own_verdict():
+    from tiktok_tracking.readiness import store
+
+    purchases(25, prefix="fr", country="FR", browser_seen_at=timezone.now())
+    # Germany's pixel broke three hours ago; France carries the group's coverage.
+    purchases(
+        10,
+        prefix="de",
+        country="DE",
+        hours_ago=4,
+        browser_seen_at=timezone.now() - timedelta(hours=3),
+    )
+    purchases(4, prefix="de_after", country="DE", hours_ago=1)
+    with tracking(READINESS={"MARKETS": {"EU": ["DE", "FR"]}}):
+        document = store.build_report()
+    [eu] = document["markets"]
+    # Pooled, France's receipts hide Germany's silence: the group looks ready.
+    assert (eu["market"], eu["verdict"]) == ("EU", "ready")
+    assert eu["countries"] == {"DE": "not_ready", "FR": "ready"}

@@ -83,6 +83,7 @@ def test_countries_group_into_markets_and_the_rest_stand_alone():
     assert market_of("de", index) == market_of("AT", index) == "DACH"
     assert market_of("FR", index) == "FR"
     assert market_of("", index) == market_of(None, index) == UNKNOWN_MARKET
+    assert market_of(UNKNOWN_MARKET, index) == UNKNOWN_MARKET
 
 
 @pytest.mark.parametrize(
@@ -251,3 +252,34 @@ def test_coverage_per_day_per_market_and_its_sparkline():
     assert series == {"DACH": [0.9, None, 0.5]}
     assert sparkline(series["DACH"], width=90, height=18) == "0.0,2.6 90.0,9.0"
     assert sparkline([None, None]) == sparkline([1.0]) == ""
+
+
+def test_a_not_ready_country_pooled_in_a_sound_market_fails_the_checklist():
+    from tiktok_tracking.dashboard.checklist import (
+        FAIL,
+        PASS,
+        RULES,
+        WARN,
+        HealthFacts,
+    )
+    from tiktok_tracking.dashboard.checklist import (
+        judge as check,
+    )
+    from tiktok_tracking.readiness.panel import pooled_not_ready
+
+    document = {
+        "markets": [
+            {"market": "EU", "verdict": "ready", "countries": {"DE": "not_ready", "FR": "ready"}},
+            {"market": "LATAM", "verdict": "not_ready", "countries": {"BR": "not_ready"}},
+            {"market": "US", "verdict": "ready", "countries": {}},
+        ]
+    }
+    assert pooled_not_ready(document) == ["DE in EU (ready)"]
+    [rule] = [rule for rule in RULES if rule.key == "rule_scope"]
+    assert len(RULES) == 10
+    item = check(
+        rule, HealthFacts("Purchase", readiness_judged=True, pooled_not_ready=("DE in EU (ready)",))
+    )
+    assert item.status == FAIL and "DE in EU (ready)" in item.detail
+    assert check(rule, HealthFacts("Purchase", readiness_judged=True)).status == PASS
+    assert check(rule, HealthFacts("Purchase")).status == WARN

@@ -22,7 +22,7 @@ Status = TrackedEvent.Status
 
 # The report's shape, as docs/readiness.md documents it (schema version 1).
 TOP_KEYS = {"version", "generated_at", "window_days", "paid_orders_known", "thresholds", "markets"}
-MARKET_KEYS = {"market", "verdict", "reasons", "windows"}
+MARKET_KEYS = {"market", "verdict", "reasons", "windows", "countries"}
 WINDOW_KEYS = {"verdict", "reasons", "figures"}
 FIGURE_KEYS = {
     "paid_orders",

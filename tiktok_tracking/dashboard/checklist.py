@@ -59,6 +59,10 @@ class HealthFacts:
     config_latest: datetime | None = None
     # The settings in force differ from the last record: the sweeper has not recorded them yet.
     config_outdated: bool = False
+    # Rule readiness: whether a report is stored, and its not-ready countries pooled in a
+    # market that is not ("DE in EU (ready)").
+    readiness_judged: bool = False
+    pooled_not_ready: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -349,6 +353,39 @@ RULES = (
                     "Policy version %(version)s; %(n)d opt-in countries.",
                     "n",
                 ),
+            ),
+        ),
+    ),
+    Rule(
+        "rule_scope",
+        _("Rule scope follows tracking quality"),
+        lambda facts: {
+            "judged": facts.readiness_judged,
+            "n": len(facts.pooled_not_ready),
+            "pooled": ", ".join(facts.pooled_not_ready),
+        },
+        (
+            Case(
+                WARN,
+                not_set("judged"),
+                _(
+                    "No readiness report yet: the periodic task "
+                    "tiktok_tracking.assess_readiness stores one every 5 minutes."
+                ),
+            ),
+            Case(
+                FAIL,
+                is_set("n"),
+                _(
+                    "Not-ready countries pooled with sound ones: %(pooled)s. Ad rules over the "
+                    "market read a blend of good and broken numbers: judge and scope them apart "
+                    "(READINESS['MARKETS'])."
+                ),
+            ),
+            Case(
+                PASS,
+                always,
+                _("No not-ready country is pooled with sound ones in a market."),
             ),
         ),
     ),

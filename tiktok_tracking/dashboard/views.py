@@ -37,7 +37,7 @@ from tiktok_tracking.dashboard.figures import (
 )
 from tiktok_tracking.pixels import configured_tokens
 from tiktok_tracking.readiness.markets import market_index
-from tiktok_tracking.readiness.panel import coverage_by_day, market_rows
+from tiktok_tracking.readiness.panel import coverage_by_day, market_rows, pooled_not_ready
 from tiktok_tracking.rollups import day_bounds
 
 TEMPLATE = "admin/tiktok_tracking/dashboard.html"
@@ -83,7 +83,8 @@ def dashboard_context(days, now=None):
     keys = key_counts(purchase_groups)
     daily = daily_series([*closed_days, *live_day_counts(live, live_days)], first_day, days)
     config = queries.stored_config()
-    readiness = readiness_table(first_day, today, days, live, unrolled)
+    report = queries.latest_readiness()
+    readiness = readiness_table(report, first_day, today, days, live, unrolled)
 
     facts = HealthFacts(
         purchase_event=purchase_event,
@@ -106,6 +107,8 @@ def dashboard_context(days, now=None):
         config_latest=config["latest"],
         config_outdated=bool(config["count"])
         and config["fingerprint"] != current_config_fingerprint(),
+        readiness_judged=report is not None,
+        pooled_not_ready=tuple(pooled_not_ready(report.document)) if report else (),
     )
     countries = top_groups(counts_by(purchase_groups, "country"), "country", country_label)
     consents = top_groups(
@@ -149,10 +152,9 @@ def dashboard_context(days, now=None):
     }
 
 
-def readiness_table(first_day, today, days, live, unrolled):
-    """The market table: the latest stored report, with each market's coverage per day of the
-    period (rolled-up days from the rollups, the rest from the live groups already read)."""
-    report = queries.latest_readiness()
+def readiness_table(report, first_day, today, days, live, unrolled):
+    """The market table: the latest stored ``report``, with each market's coverage per day of
+    the period (rolled-up days from the rollups, the rest from the live groups already read)."""
     if report is None:
         return None
     names = purchase_names(conf.get("PURCHASE_EVENT"))

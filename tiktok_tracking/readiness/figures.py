@@ -14,7 +14,8 @@ six days before.
 
 import math
 from collections import Counter, defaultdict
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 
 from django.db.models import Count, F, FloatField, Max, Min, Q, Sum
 from django.db.models.functions import Cast, TruncDate
@@ -96,7 +97,7 @@ def per_market(groups, index, pick):
 
 def outbox_facts(names, now, index):
     """Per market, from the outbox: the oldest undelivered purchase, the latency sample, the
-    last pixel receipt and the purchases recorded since it without one."""
+    last pixel receipt, and ``(market, created_at)`` of the purchases the pixel did not report."""
     purchases = TrackedEvent.objects.filter(event__in=names)
     oldest = per_market(
         purchases.filter(status__in=IN_FLIGHT).values("country").annotate(at=Min("created_at")),
@@ -120,13 +121,13 @@ def outbox_facts(names, now, index):
         index,
         max,
     )
-    unseen = purchases.filter(browser_seen_at__isnull=True).values_list("country", "created_at")
-    since_receipt = Counter()
-    for country, created_at in unseen:
-        market = market_of(country, index)
-        if market in last_receipt and created_at > last_receipt[market]:
-            since_receipt[market] += 1
-    return oldest, latencies, last_receipt, since_receipt
+    unseen = [
+        (market_of(country, index), created_at)
+        for country, created_at in purchases.filter(browser_seen_at__isnull=True).values_list(
+            "country", "created_at"
+        )
+    ]
+    return oldest, latencies, last_receipt, unseen
 
 
 def late_resends(first_day, names, index):
@@ -206,35 +207,104 @@ def percentile(values, share):
     return ordered[min(max(math.ceil(share * len(ordered)) - 1, 0), len(ordered) - 1)]
 
 
-def collect(now=None, *, paid=True):
-    """``[MarketFigures]`` for every market seen in the last 30 days and every window.
+@dataclass
+class Gathered:
+    """What the tables hold for the readiness figures, per country: read once, then summed
+    into markets however the countries are grouped (``assemble``)."""
 
-    ``paid=False`` skips the shop's paid orders (the recorded purchases stand in for them).
-    """
+    now: datetime
+    today: date
+    groups: list
+    refunds: Counter
+    late: Counter
+    oldest: dict
+    latencies: dict
+    last_receipt: dict
+    unseen: list
+    paid: dict | None
+
+    def countries(self):
+        seen = {group["country"] or "" for _day, group in self.groups}
+        seen |= set(self.oldest)
+        if self.paid:
+            seen |= {country for counts in self.paid.values() for country in counts}
+        return {market_of(country, {}) for country in seen}
+
+
+def gather(now=None, *, paid=True):
+    """Read everything the figures need, per country (a fixed number of queries, and one pass
+    over the shop's paid orders per window unless ``paid=False``)."""
     now = now or timezone.now()
     today = timezone.localdate(now)
-    index = market_index(conf.readiness_settings()["MARKETS"])
     names = purchase_names(conf.get("PURCHASE_EVENT"))
+    first_day = today - timedelta(days=max(WINDOWS) - 1)
+    oldest, latencies, last_receipt, unseen = outbox_facts(names, now, {})
+    return Gathered(
+        now=now,
+        today=today,
+        groups=purchase_groups(today, names),
+        refunds=refunded_orders(first_day, {}),
+        late=late_resends(first_day, names, {}),
+        oldest=oldest,
+        latencies=latencies,
+        last_receipt=last_receipt,
+        unseen=unseen,
+        paid=paid_orders_by_market(today, {}) if paid else None,
+    )
 
+
+def regroup(counts, index):
+    """``{(country, day): n}`` as ``{(market, day): n}``."""
+    grouped = Counter()
+    for (country, day), value in counts.items():
+        grouped[(market_of(country, index), day)] += value
+    return grouped
+
+
+def assemble(gathered, index, only=None):
+    """``[MarketFigures]`` of every market ``index`` groups the countries into (or of the
+    markets in ``only``), for every window (pure)."""
+    now, today = gathered.now, gathered.today
     tallies = defaultdict(Tally)  # (market, days) -> Tally
     windows_of_day = {
         day: [days for days in WINDOWS if (today - day).days < days]
         for day in window_days(today, max(WINDOWS))
     }
-    for day, group in purchase_groups(today, names):
+    for day, group in gathered.groups:
         market = market_of(group["country"], index)
         for days in windows_of_day.get(day, ()):
             tallies[(market, days)].add(group)
 
-    first_day = today - timedelta(days=max(WINDOWS) - 1)
-    refunds = refunded_orders(first_day, index)
-    resent_late = late_resends(first_day, names, index)
-    oldest, latencies, last_receipt, since_receipt = outbox_facts(names, now, index)
-    paid_by_window = paid_orders_by_market(today, index) if paid else None
+    refunds, late = regroup(gathered.refunds, index), regroup(gathered.late, index)
+    oldest, latencies, last_receipt = {}, defaultdict(list), {}
+    for country, at in gathered.oldest.items():
+        market = market_of(country, index)
+        oldest[market] = min(at, oldest.get(market, at))
+    for country, values in gathered.latencies.items():
+        latencies[market_of(country, index)] += values
+    for country, at in gathered.last_receipt.items():
+        market = market_of(country, index)
+        last_receipt[market] = max(at, last_receipt.get(market, at))
+    since_receipt = Counter()
+    for country, created_at in gathered.unseen:
+        market = market_of(country, index)
+        if market in last_receipt and created_at > last_receipt[market]:
+            since_receipt[market] += 1
+    paid = None
+    if gathered.paid is not None:
+        paid = {
+            days: Counter(
+                {
+                    market: sum(n for c, n in counts.items() if market_of(c, index) == market)
+                    for market in {market_of(c, index) for c in counts}
+                }
+            )
+            for days, counts in gathered.paid.items()
+        }
 
-    markets = {market for market, _days in tallies} | set(oldest)
-    if paid_by_window:
-        markets |= {market for counts in paid_by_window.values() for market in counts}
+    markets = {market_of(country, index) for country in gathered.countries()}
+    if only is not None:
+        markets &= set(only)
     figures = []
     for market in sorted(markets):
         for days in WINDOWS:
@@ -245,7 +315,7 @@ def collect(now=None, *, paid=True):
                     market=market,
                     window_days=days,
                     now=now,
-                    paid_orders=None if paid_by_window is None else paid_by_window[days][market],
+                    paid_orders=None if paid is None else paid[days][market],
                     recorded_orders=counts["recorded"],
                     tracked_orders=counts[MERGED] + counts[SERVER_ONLY] + counts[BROWSER_ONLY],
                     withheld_orders=counts[SUPPRESSED],
@@ -259,8 +329,18 @@ def collect(now=None, *, paid=True):
                     match_quality=quality.market_score(counts["recorded"], tally.with_key),
                     last_receipt_at=last_receipt.get(market),
                     server_orders_since_last_receipt=since_receipt[market],
-                    late_resends=in_window(resent_late, market, days, today),
+                    late_resends=in_window(late, market, days, today),
                     refunded_orders=in_window(refunds, market, days, today),
                 )
             )
     return figures
+
+
+def collect(now=None, *, paid=True):
+    """``[MarketFigures]`` for every market seen in the last 30 days and every window, the
+    markets as READINESS["MARKETS"] groups the countries.
+
+    ``paid=False`` skips the shop's paid orders (the recorded purchases stand in for them).
+    """
+    index = market_index(conf.readiness_settings()["MARKETS"])
+    return assemble(gather(now, paid=paid), index)

@@ -27,6 +27,8 @@ def market_index(markets):
 def market_of(country, index):
     """The market of ``country``: its group's name, else the country itself, else "unknown"."""
     code = (country or "").strip().upper()
-    if not code:
+    # The unknown market's own name comes back as itself: figures read per country are
+    # grouped into markets again later.
+    if not code or code == UNKNOWN_MARKET.upper():
         return UNKNOWN_MARKET
     return index.get(code, code)

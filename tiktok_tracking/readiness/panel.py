@@ -46,6 +46,17 @@ def sparkline(values, width=SPARK_WIDTH, height=SPARK_HEIGHT):
     )
 
 
+def pooled_not_ready(document):
+    """``["DE in EU (ready)", ...]``: not-ready countries inside markets that are not (pure)."""
+    return [
+        f"{country} in {market['market']} ({market['verdict']})"
+        for market in document.get("markets", ())
+        if market["verdict"] != "not_ready"
+        for country, verdict in sorted(market.get("countries", {}).items())
+        if verdict == "not_ready"
+    ]
+
+
 def market_rows(document, series):
     """The table's rows from a stored report ``document`` and ``coverage_by_day`` series."""
     window = str(document["window_days"])

@@ -36,10 +36,13 @@ def figures_dict(figures):
     return {name: _plain(value) for name, value in counted.items()}
 
 
-def build(figures_list, thresholds, *, window_days, generated_at):
+def build(figures_list, thresholds, *, window_days, generated_at, country_figures=(), index=None):
     """The report of ``figures_list`` (every market and window) judged under ``thresholds``.
 
     A market's ``verdict`` is the one of its ``window_days`` window; every window keeps its own.
+    A market that groups countries (``index``: country -> market) lists each country's own
+    verdict over that window under ``countries`` (from ``country_figures``), so that a broken
+    country pooled with sound ones shows.
     """
     markets = {}
     for figures in figures_list:
@@ -54,6 +57,11 @@ def build(figures_list, thresholds, *, window_days, generated_at):
     for market in markets.values():
         market.setdefault("verdict", None)
         market.setdefault("reasons", [])
+        market["countries"] = {}
+    for figures in country_figures:
+        market = markets.get((index or {}).get(figures.market))
+        if market is not None and figures.window_days == window_days:
+            market["countries"][figures.market] = judge(figures, thresholds).verdict
     ordered = sorted(
         markets.values(),
         key=lambda market: (-SEVERITY.get(market["verdict"], -1), market["market"]),

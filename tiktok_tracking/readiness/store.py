@@ -7,20 +7,27 @@ from django.utils import timezone
 from tiktok_tracking import conf
 from tiktok_tracking.models import ReadinessReport
 from tiktok_tracking.readiness import figures, report
+from tiktok_tracking.readiness.markets import market_index
 
 # Reports older than this are deleted when a new one is stored: the feed serves the latest,
 # and alerts compare it with the one before.
 KEEP_REPORTS = timedelta(days=2)
 
 
-def build_report(now=None, *, paid=True):
-    """The readiness report of every market now, under the READINESS settings."""
+def build_report(now=None, *, paid=True, window_days=None):
+    """The readiness report of every market now, under the READINESS settings: each market,
+    and each country a market groups with others, judged on the same figures read once."""
     now = now or timezone.now()
+    settings = conf.readiness_settings()
+    index = market_index(settings["MARKETS"])
+    gathered = figures.gather(now, paid=paid)
     return report.build(
-        figures.collect(now, paid=paid),
+        figures.assemble(gathered, index),
         conf.readiness_thresholds(),
-        window_days=conf.readiness_settings()["WINDOW_DAYS"],
+        window_days=window_days or settings["WINDOW_DAYS"],
         generated_at=now,
+        country_figures=figures.assemble(gathered, {}, only=set(index)),
+        index=index,
     )
 
 

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
-from tiktok_tracking.readiness import figures, report
+from tiktok_tracking.readiness import figures, report, store
 from tiktok_tracking.readiness.verdict import CAUTION, INSUFFICIENT_DATA, NOT_READY
 
 # Exit codes: 0 every market may be acted on; 1 a market is not ready; 2 (with --strict) a
@@ -52,15 +52,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            settings = conf.readiness_settings()
-            thresholds = conf.readiness_thresholds()
-            collected = figures.collect(paid=not options["skip_paid_orders"])
+            document = store.build_report(
+                timezone.now(),
+                paid=not options["skip_paid_orders"],
+                window_days=options["window"],
+            )
         except (TikTokTrackingImproperlyConfigured, ValueError) as exc:
             raise CommandError(str(exc)) from None
-        window = options["window"] or settings["WINDOW_DAYS"]
-        document = report.build(
-            collected, thresholds, window_days=window, generated_at=timezone.now()
-        )
         if options["market"]:
             wanted = set(options["market"])
             unknown = wanted - {market["market"] for market in document["markets"]}
