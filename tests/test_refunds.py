@@ -126,3 +126,20 @@ def test_the_order_panel_shows_refunds_and_what_the_order_nets():
     refund(unpaid)
     html = client.get(f"/admin/shop/order/{unpaid.pk}/change/").content.decode()
     assert "No TikTok events recorded" in html and "12 of 12 USD; net 0 USD" in html
+
+
+@pytest.mark.django_db
+def test_the_order_panel_shows_each_events_estimated_match_quality():
+    from tiktok_tracking.readiness.quality import mask_score
+    from tiktok_tracking.rollups import key_mask
+
+    order = make_order("506", total="10.00")
+    pay(order)
+    row = TrackedEvent.objects.get(order_id="506")
+    assert mask_score(row.match_keys) > 0  # the test shop's orders carry an email
+    TrackedEvent.objects.filter(pk=row.pk).update(match_keys=key_mask("email", "ttclid", "ip"))
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    html = client.get(f"/admin/shop/order/{order.pk}/change/").content.decode()
+    assert "match quality (est., of 10)" in html
+    assert "<td class='num'>5.5</td>" in html

@@ -26,6 +26,7 @@ from tiktok_tracking.models import (
     TrackedEvent,
 )
 from tiktok_tracking.pixels import configured_pixels
+from tiktok_tracking.readiness.quality import mask_score
 from tiktok_tracking.refunds import net_value, plain_amount
 from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
@@ -527,7 +528,8 @@ class TikTokOrderAdminMixin:
             return format_html("{}{}", _("No TikTok events recorded for this order."), refunds)
         body = format_html_join(
             "",
-            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td class='num'>{}</td><td>{}</td></tr>",
             (
                 (
                     reverse(f"admin:tiktok_tracking_{row._meta.model_name}_change", args=[row.pk]),
@@ -535,18 +537,20 @@ class TikTokOrderAdminMixin:
                     row.event_id,
                     badge(row.get_status_display(), STATUS_COLOURS.get(row.status, "#555")),
                     VERDICTS[dedup_verdict(row.status, row.browser_seen_at is not None)],
+                    mask_score(row.match_keys),
                     row.last_message or row.suppressed_reason or row.last_error or "",
                 )
                 for row in rows
             ),
         )
         return format_html(
-            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>"
-            "</thead><tbody>{}</tbody></table>{}",
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th>"
+            "</tr></thead><tbody>{}</tbody></table>{}",
             _("event"),
             _("event_id"),
             _("status"),
             _("dedup verdict"),
+            _("match quality (est., of 10)"),
             _("TikTok's answer"),
             body,
             refunds,

@@ -39,6 +39,13 @@ def event_score(keys):
     return round(sum(WEIGHTS[key] for key in set(keys)), 1)
 
 
+def mask_score(mask):
+    """The score of one event from its ``match_keys`` bitmask (bit i = ``MATCH_KEYS[i]``)."""
+    from tiktok_tracking.events import MATCH_KEYS
+
+    return event_score([key for bit, key in enumerate(MATCH_KEYS) if mask & (1 << bit)])
+
+
 def market_score(events, with_key):
     """The mean score of ``events`` events, ``with_key[key]`` of which carried ``key``.
 
