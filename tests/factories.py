@@ -63,3 +63,27 @@ def outbox_rows(count, *, prefix="order", now=None, pixel_id="CTESTPIXEL0001", c
         ]
     )
     return list(TrackedEvent.objects.filter(event_id__startswith=f"{prefix}_").order_by("pk"))
+
+
+def delivered_purchase_rows(order_ids, countries=("US",), pixel_id="CTESTPIXEL0001"):
+    """Delivered Purchase rows of ``order_ids`` (event id ``Purchase_<id>``), their countries
+    taken in turn from ``countries``; inserted in bulk, none returned."""
+    from tiktok_tracking.models import TrackedEvent
+
+    now = timezone.now()
+    TrackedEvent.objects.bulk_create(
+        (
+            TrackedEvent(
+                pixel_id=pixel_id,
+                event="Purchase",
+                event_id=f"Purchase_{order_id}",
+                order_id=order_id,
+                payload={},
+                event_time=now,
+                status=TrackedEvent.Status.DELIVERED,
+                country=countries[i % len(countries)],
+            )
+            for i, order_id in enumerate(order_ids)
+        ),
+        batch_size=5000,
+    )

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tests.factories import outbox_rows
+from tests.factories import delivered_purchase_rows, outbox_rows
 from tests.shop.models import Order
 from tests.test_outbox import make_order, tracking
 from tiktok_tracking import rollups
@@ -99,21 +99,7 @@ def test_a_market_below_the_sample_size_has_insufficient_data():
 @pytest.mark.django_db
 def test_refunds_lower_net_coverage():
     orders = [make_order(f"r{i}", total="50.00") for i in range(25)]
-    TrackedEvent.objects.bulk_create(
-        [
-            TrackedEvent(
-                pixel_id="CTESTPIXEL0001",
-                event="Purchase",
-                event_id=f"Purchase_r{i}",
-                order_id=f"r{i}",
-                payload={},
-                event_time=timezone.now(),
-                status=Status.DELIVERED,
-                country="US",
-            )
-            for i in range(25)
-        ]
-    )
+    delivered_purchase_rows([f"r{i}" for i in range(25)])
     before = market(readiness_figures.collect(), "US")
     for order in orders[:4]:
         with transaction.atomic():

@@ -10,7 +10,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tests.factories import outbox_rows
+from tests.factories import delivered_purchase_rows, outbox_rows
 from tests.test_outbox import tracking
 from tiktok_tracking import rollups
 from tiktok_tracking.models import FeedToken, ReadinessReport, TrackedEvent
@@ -204,22 +204,7 @@ def test_the_feed_takes_the_same_queries_for_10_rows_as_for_100000():
 
     delivered(10, "few")
     few = queries()
-    TrackedEvent.objects.bulk_create(
-        [
-            TrackedEvent(
-                pixel_id="CTESTPIXEL0001",
-                event="Purchase",
-                event_id=f"many_{i}",
-                order_id=f"m{i}",
-                payload={},
-                event_time=timezone.now(),
-                status=Status.DELIVERED,
-                country=("US", "DE", "FR", "SE")[i % 4],
-            )
-            for i in range(100_000)
-        ],
-        batch_size=5000,
-    )
+    delivered_purchase_rows([f"m{i}" for i in range(100_000)], countries=("US", "DE", "FR", "SE"))
     assert queries() == few
 
 
