@@ -107,6 +107,11 @@ def _country_or_none(adapter):
         return None
 
 
+# The event_id of a funnel event that belongs to no order (a product page's ViewContent):
+# random, so it matches no server row.
+RANDOM_EVENT_ID_PREFIX = "evt_"
+
+
 def event_id_for(event: str, order_id: str, suffix: str | None = None) -> str:
     """The deterministic event_id both lanes send for ``event`` on ``order_id``.
 

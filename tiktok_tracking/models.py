@@ -461,6 +461,28 @@ class BrowserReceipt(models.Model):
         return f"{self.event} {self.event_id} seen {self.received_at:%Y-%m-%d %H:%M}"
 
 
+class ReceiptTally(models.Model):
+    """Receipts of funnel events with a random event_id (a product page's ViewContent), counted
+    per day: they match no server row, and a row each would grow with the shop's page views."""
+
+    day = models.DateField(_("day"))
+    pixel_id = models.CharField(_("pixel id"), max_length=64)
+    event = models.CharField(_("event"), max_length=64)
+    receipts = models.PositiveIntegerField(_("receipts"), default=0)
+
+    class Meta:
+        verbose_name = _("receipt tally")
+        verbose_name_plural = _("receipt tallies")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "pixel_id", "event"], name="tiktok_tracking_one_tally_a_day"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.receipts} {self.event} receipts on {self.day}"
+
+
 class ConfigChange(models.Model):
     """A record of the tracking configuration each time it changes (the token only as set/unset)."""
 

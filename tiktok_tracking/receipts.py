@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tiktok_tracking import conf
+from tiktok_tracking.events import RANDOM_EVENT_ID_PREFIX
 
 SALT = "tiktok_tracking.receipt"
 
@@ -44,10 +45,18 @@ def read_receipt_token(token, max_age=None):
 
 
 def record_receipt(pixel_id, event, event_id, now=None):
-    """Record that the browser fired this event; False if it was already recorded (a replay)."""
+    """Record that the browser fired this event; False if it was already recorded (a replay).
+
+    An event of no order (its event_id random) is counted in its day's tally instead: it has no
+    server row to mark, and a row each would grow with page views. Its replays are not told
+    apart within the token's life: they count again, in the tally only.
+    """
     from tiktok_tracking.models import EVENT_TABLES, BrowserReceipt
 
     now = now or timezone.now()
+    if event_id.startswith(RANDOM_EVENT_ID_PREFIX):
+        tally_receipt(pixel_id, event, timezone.localdate(now))
+        return True
     try:
         with transaction.atomic():
             BrowserReceipt.objects.create(
@@ -62,3 +71,20 @@ def record_receipt(pixel_id, event, event_id, now=None):
             pixel_id=pixel_id, event=event, event_id=event_id, browser_seen_at__isnull=True
         ).update(browser_seen_at=now)
     return True
+
+
+def tally_receipt(pixel_id, event, day):
+    """Count one receipt in the day's tally of ``event`` for ``pixel_id`` (safe under races)."""
+    from django.db.models import F
+
+    from tiktok_tracking.models import ReceiptTally
+
+    key = {"day": day, "pixel_id": pixel_id, "event": event}
+    if ReceiptTally.objects.filter(**key).update(receipts=F("receipts") + 1):
+        return
+    try:
+        with transaction.atomic():
+            ReceiptTally.objects.create(receipts=1, **key)
+    except IntegrityError:
+        # Another request created the day's tally first: count on it.
+        ReceiptTally.objects.filter(**key).update(receipts=F("receipts") + 1)

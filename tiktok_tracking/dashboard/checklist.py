@@ -45,6 +45,8 @@ class HealthFacts:
     server_recorded: int = 0
     server_delivered: int = 0
     server_purchase_names: frozenset = field(default_factory=frozenset)
+    # Every event name the server lane recorded in the period (the purchase, checkout funnel).
+    server_event_names: frozenset = field(default_factory=frozenset)
     purchase_receipts: int = 0
     purchase_receipts_matched: int = 0
     purchases_recorded: int = 0
@@ -146,6 +148,14 @@ def _name_figures(facts):
     }
 
 
+def _silent_events(facts):
+    """The events the server recorded that no page's pixel reported; a purchase reported under
+    another purchase name still counts as reported (the names check judges that)."""
+    names = purchase_names(facts.purchase_event)
+    seen = facts.receipt_names | (names if facts.receipt_names & names else frozenset())
+    return ", ".join(sorted(facts.server_event_names - seen))
+
+
 def _config_figures(facts):
     latest = facts.config_latest
     return {
@@ -170,15 +180,27 @@ FAILED_TEXT = _("%(failed)d purchases failed (%(share)s, more than 1%%)")
 RULES = (
     Rule(
         "pixel_fires",
-        _("Pixel fires"),
-        lambda facts: {"n": facts.receipts, "server": facts.server_recorded},
+        _("Pixel fires on key pages"),
+        lambda facts: {
+            "n": facts.receipts,
+            "server": facts.server_recorded,
+            "silent": _silent_events(facts),
+        },
         (
+            Case(
+                WARN,
+                all_of(is_set("n"), is_set("silent")),
+                _(
+                    "The server recorded %(silent)s but no page's pixel reported it: check the "
+                    "tag on that page (checkout, thank-you)."
+                ),
+            ),
             Case(
                 PASS,
                 is_set("n"),
                 ngettext_lazy(
-                    "%(n)d browser receipt in the period.",
-                    "%(n)d browser receipts in the period.",
+                    "%(n)d browser receipt in the period, for every event the server records.",
+                    "%(n)d browser receipts in the period, for every event the server records.",
                     "n",
                 ),
             ),

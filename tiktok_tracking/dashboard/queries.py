@@ -12,7 +12,7 @@ from django.db.models import Count, Max, Q, Sum, Window
 from django.db.models.functions import Coalesce, TruncDate
 
 from tiktok_tracking.dashboard.figures import IN_FLIGHT, Status, day_runs
-from tiktok_tracking.models import BrowserReceipt, ConfigChange, DailyRollup
+from tiktok_tracking.models import BrowserReceipt, ConfigChange, DailyRollup, ReceiptTally
 from tiktok_tracking.rollups import COUNT_FIELDS, GROUP_FIELDS, day_bounds, grouped_everywhere
 
 
@@ -121,15 +121,25 @@ def receipt_totals(start, purchase_rows_seen, names):
     return {"purchase_receipts": total, "matched": matched, "browser_only": total - matched}
 
 
-def receipt_event_counts(start):
-    """{event name: receipts} of the period, whatever the event."""
+def receipt_event_counts(start, first_day):
+    """{event name: receipts} of the period, whatever the event: the receipts kept one by one
+    and the day tallies of funnel events with a random id."""
     rows = (
         BrowserReceipt.objects.filter(received_at__gte=start)
         .values("event")
         .annotate(count=Count("pk"))
         .order_by()
     )
-    return {row["event"]: row["count"] for row in rows}
+    counts = {row["event"]: row["count"] for row in rows}
+    tallies = (
+        ReceiptTally.objects.filter(day__gte=first_day)
+        .values("event")
+        .annotate(count=Sum("receipts"))
+        .order_by()
+    )
+    for row in tallies:
+        counts[row["event"]] = counts.get(row["event"], 0) + row["count"]
+    return counts
 
 
 def stored_config():

@@ -79,7 +79,7 @@ def dashboard_context(days, now=None):
     }
     receipts = queries.receipt_totals(start, totals["browser_seen"], purchase_names(purchase_event))
     summary = purchase_summary(totals, receipts["browser_only"])
-    receipt_events = queries.receipt_event_counts(start)
+    receipt_events = queries.receipt_event_counts(start, first_day)
     keys = key_counts(purchase_groups)
     daily = daily_series([*closed_days, *live_day_counts(live, live_days)], first_day, days)
     config = queries.stored_config()
@@ -93,6 +93,7 @@ def dashboard_context(days, now=None):
         server_recorded=sum(day["recorded"] for day in daily),
         server_delivered=sum(day["delivered"] for day in daily),
         server_purchase_names=server_purchase_names(groups, purchase_event),
+        server_event_names=frozenset(group["event"] for group in groups if group["events"]),
         purchase_receipts=receipts["purchase_receipts"],
         purchase_receipts_matched=receipts["matched"],
         purchases_recorded=summary["recorded"],

@@ -21,7 +21,13 @@ from django.utils.translation import get_language
 from tiktok_tracking import conf
 from tiktok_tracking.adapters import adapter_for, clean_country, clean_value
 from tiktok_tracking.charges import apply_charge, charge_suffix
-from tiktok_tracking.events import event_id_for, is_valid_event_name, order_properties, read_order
+from tiktok_tracking.events import (
+    RANDOM_EVENT_ID_PREFIX,
+    event_id_for,
+    is_valid_event_name,
+    order_properties,
+    read_order,
+)
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
 from tiktok_tracking.hashing import hash_email, hash_external_id, hash_phone
 from tiktok_tracking.pixels import configured_pixels, pixels_for_request
@@ -37,7 +43,6 @@ PIXEL_TEMPLATE = "tiktok_tracking/pixel.html"
 
 # Events rendered without an order (ViewContent, AddToCart...) have nothing to derive an id
 # from, and the server lane does not send them, so a random id cannot split a merge.
-RANDOM_EVENT_ID_PREFIX = "evt_"
 TRACK_OPTIONS = frozenset({"event_id", "order"})
 # TikTok reads these properties as numbers and these as strings ("891" and 891 do not match).
 NUMBER_PROPERTIES = frozenset({"value", "price"})
@@ -290,7 +295,7 @@ class TrackNode(template.Node):
         self.arguments = arguments
 
     def render(self, context):
-        request, _decision, off_reason, _pixel_ids = _browser_lane(context)
+        request, _decision, off_reason, pixel_ids = _browser_lane(context)
         if off_reason:
             return _comment(self.event, "not sent", off_reason)
         values = {key: value.resolve(context) for key, value in self.arguments.items()}
@@ -321,7 +326,12 @@ class TrackNode(template.Node):
             return _comment(self.event, "not sent", f"invalid property: {exc.field}")
         except (TypeError, ValueError):
             return _comment(self.event, "not sent", "a property cannot be sent as JSON")
-        return _track_script(_csp_nonce(request), self.event, encoded_properties, event_id)
+        # A receipt per pixel, as for the purchase: the checklist's "Pixel fires" sees each key
+        # page, and an order's funnel event learns that the browser sent it too.
+        receipts = [receipt_token(pixel_id, self.event, event_id) for pixel_id in pixel_ids]
+        return _track_script(
+            _csp_nonce(request), self.event, encoded_properties, event_id, receipts
+        )
 
 
 # {% tiktok_purchase order %} ------------------------------------------------------------------
