@@ -86,22 +86,27 @@ def purchase_groups(today, names):
     return groups
 
 
-def per_market(groups, index, pick):
-    """``{market: pick of the groups' times}`` from groups of ``country`` and ``at``."""
+def country_of(value):
+    """A row's country as the figures are keyed by it: its code, or "unknown"."""
+    return market_of(value, {})
+
+
+def per_country(groups, pick):
+    """``{country: pick of the groups' times}`` from groups of ``country`` and ``at`` (a blank
+    and a NULL country are both unknown)."""
     times = {}
-    for country, at in groups.values_list("country", "at").order_by():
-        market = market_of(country, index)
-        times[market] = pick(at, times.get(market, at))
+    for value, at in groups.values_list("country", "at").order_by():
+        country = country_of(value)
+        times[country] = pick(at, times.get(country, at))
     return times
 
 
-def outbox_facts(names, now, index):
-    """Per market, from the outbox: the oldest undelivered purchase, the latency sample, the
-    last pixel receipt, and ``(market, created_at)`` of the purchases the pixel did not report."""
+def outbox_facts(names, now):
+    """Per country, from the outbox: the oldest undelivered purchase, the latency sample, the
+    last pixel receipt, and ``(country, created_at)`` of the purchases the pixel did not report."""
     purchases = TrackedEvent.objects.filter(event__in=names)
-    oldest = per_market(
+    oldest = per_country(
         purchases.filter(status__in=IN_FLIGHT).values("country").annotate(at=Min("created_at")),
-        index,
         min,
     )
 
@@ -112,17 +117,16 @@ def outbox_facts(names, now, index):
         .values_list("country", "created_at", "delivered_at")[:LATENCY_SAMPLE]
     )
     for country, created_at, delivered_at in delivered:
-        latencies[market_of(country, index)].append((delivered_at - created_at).total_seconds())
+        latencies[country_of(country)].append((delivered_at - created_at).total_seconds())
 
-    last_receipt = per_market(
+    last_receipt = per_country(
         purchases.filter(browser_seen_at__isnull=False)
         .values("country")
         .annotate(at=Max("browser_seen_at")),
-        index,
         max,
     )
     unseen = [
-        (market_of(country, index), created_at)
+        (country_of(country), created_at)
         for country, created_at in purchases.filter(browser_seen_at__isnull=True).values_list(
             "country", "created_at"
         )
@@ -130,8 +134,8 @@ def outbox_facts(names, now, index):
     return oldest, latencies, last_receipt, unseen
 
 
-def late_resends(first_day, names, index):
-    """``{(market, day): purchases}`` the server lane delivered after TikTok's dedup window
+def late_resends(first_day, names):
+    """``{(country, day): purchases}`` the server lane delivered after TikTok's dedup window
     while the pixel had reported them: TikTok counts each twice. One query per table."""
     late = Counter()
     for model in EVENT_TABLES:
@@ -150,7 +154,7 @@ def late_resends(first_day, names, index):
             .order_by()
         )
         for country, day, count in rows:
-            late[(market_of(country, index), day)] += count
+            late[(country_of(country), day)] += count
     return late
 
 
@@ -163,8 +167,8 @@ def in_window(counts, market, days, today):
     )
 
 
-def refunded_orders(first_day, index):
-    """``{(market, day): refunds as orders}`` since ``first_day``: each refund's share of its
+def refunded_orders(first_day):
+    """``{(country, day): refunds as orders}`` since ``first_day``: each refund's share of its
     order's value."""
     # As floats: SQLite divides two whole amounts as integers (25 / 50 = 0).
     share = Cast("amount", FloatField()) / Cast("order_value", FloatField())
@@ -178,12 +182,12 @@ def refunded_orders(first_day, index):
     )
     refunds = Counter()
     for country, day, orders in rows:
-        refunds[(market_of(country, index), day)] += float(orders)
+        refunds[(country_of(country), day)] += float(orders)
     return refunds
 
 
-def paid_orders_by_market(today, index):
-    """``{days: Counter(market: paid orders)}`` per window, or None without PAID_ORDERS."""
+def paid_orders_by_country(today):
+    """``{days: Counter(country: paid orders)}`` per window, or None without PAID_ORDERS."""
     source = paid_orders_source()
     if source is None:
         return None
@@ -194,7 +198,7 @@ def paid_orders_by_market(today, index):
         scanned = scan_paid_orders(source(start, end))
         counts = Counter()
         for country, count in scanned.by_country.items():
-            counts[market_of(country, index)] += count
+            counts[country_of(country)] += count
         paid[days] = counts
     return paid
 
@@ -224,11 +228,11 @@ class Gathered:
     paid: dict | None
 
     def countries(self):
-        seen = {group["country"] or "" for _day, group in self.groups}
+        seen = {country_of(group["country"]) for _day, group in self.groups}
         seen |= set(self.oldest)
         if self.paid:
             seen |= {country for counts in self.paid.values() for country in counts}
-        return {market_of(country, {}) for country in seen}
+        return seen
 
 
 def gather(now=None, *, paid=True):
@@ -238,18 +242,18 @@ def gather(now=None, *, paid=True):
     today = timezone.localdate(now)
     names = purchase_names(conf.get("PURCHASE_EVENT"))
     first_day = today - timedelta(days=max(WINDOWS) - 1)
-    oldest, latencies, last_receipt, unseen = outbox_facts(names, now, {})
+    oldest, latencies, last_receipt, unseen = outbox_facts(names, now)
     return Gathered(
         now=now,
         today=today,
         groups=purchase_groups(today, names),
-        refunds=refunded_orders(first_day, {}),
-        late=late_resends(first_day, names, {}),
+        refunds=refunded_orders(first_day),
+        late=late_resends(first_day, names),
         oldest=oldest,
         latencies=latencies,
         last_receipt=last_receipt,
         unseen=unseen,
-        paid=paid_orders_by_market(today, {}) if paid else None,
+        paid=paid_orders_by_country(today) if paid else None,
     )
 
 
@@ -258,6 +262,14 @@ def regroup(counts, index):
     grouped = Counter()
     for (country, day), value in counts.items():
         grouped[(market_of(country, index), day)] += value
+    return grouped
+
+
+def by_market(counts, index):
+    """``{country: n}`` as ``Counter(market: n)``."""
+    grouped = Counter()
+    for country, value in counts.items():
+        grouped[market_of(country, index)] += value
     return grouped
 
 
@@ -292,15 +304,7 @@ def assemble(gathered, index, only=None):
             since_receipt[market] += 1
     paid = None
     if gathered.paid is not None:
-        paid = {
-            days: Counter(
-                {
-                    market: sum(n for c, n in counts.items() if market_of(c, index) == market)
-                    for market in {market_of(c, index) for c in counts}
-                }
-            )
-            for days, counts in gathered.paid.items()
-        }
+        paid = {days: by_market(counts, index) for days, counts in gathered.paid.items()}
 
     markets = {market_of(country, index) for country in gathered.countries()}
     if only is not None:
