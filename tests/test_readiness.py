@@ -227,6 +227,8 @@ def test_tiktok_health_json_follows_its_schema():
         ({"REFUNDS_CAUTION": 0.5}, "REFUNDS_CAUTION must not be above REFUNDS_NOT_READY"),
         ("strict", "must be a dict, not str"),
         ({"ALERT_WEBHOOK_URL": "https://x.example/hook"}, "without ALERT_WEBHOOK_SECRET"),
+        ({"ASSESS_INTERVAL": 0}, "ASSESS_INTERVAL'] must be a whole number of seconds"),
+        ({"ASSESS_INTERVAL": 2.5}, "ASSESS_INTERVAL'] must be a whole number of seconds"),
     ],
 )
 def test_a_bad_readiness_setting_is_e019_naming_it(readiness, message):
@@ -242,6 +244,17 @@ def test_a_sound_readiness_setting_passes_the_checks():
 
     with tracking(READINESS={"MARKETS": {"DACH": ["DE", "AT"]}, "MIN_ORDERS": 50}):
         assert not [e for e in check_settings() if e.id == "tiktok_tracking.E019"]
+
+
+@pytest.mark.django_db
+def test_the_readiness_task_runs_as_often_as_assess_interval_says():
+    from django_celery_beat.models import PeriodicTask
+
+    from tiktok_tracking.schedule import READINESS_TASK_NAME, ensure_periodic_tasks
+
+    with tracking(READINESS={"ASSESS_INTERVAL": 60}):
+        ensure_periodic_tasks()
+    assert PeriodicTask.objects.get(name=READINESS_TASK_NAME).interval.every == 60
 
 
 @pytest.mark.django_db

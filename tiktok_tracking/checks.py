@@ -232,6 +232,12 @@ def _check_readiness():
                 f"READINESS['WINDOW_DAYS'] must be one of {', '.join(map(str, WINDOWS))}, not "
                 f"{values['WINDOW_DAYS']!r}"
             )
+        interval = values["ASSESS_INTERVAL"]
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(
+                f"READINESS['ASSESS_INTERVAL'] must be a whole number of seconds of at least 1, "
+                f"not {interval!r}"
+            )
     except (TikTokTrackingImproperlyConfigured, ValueError, TypeError) as exc:
         return [_error("E019", str(exc))]
     return []

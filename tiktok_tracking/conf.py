@@ -97,6 +97,7 @@ def readiness_defaults():
     return {
         "MARKETS": {},
         "WINDOW_DAYS": 7,
+        "ASSESS_INTERVAL": 300,
         "ALERT_MAIL": True,
         "ALERT_WEBHOOK_URL": None,
         "ALERT_WEBHOOK_SECRET": None,

@@ -22,7 +22,10 @@ def ensure_periodic_tasks(sender=None, using="default", **kwargs):
         PURGE_TASK_NAME: (3600, "tiktok_tracking.purge_personal_data"),
         ROLLUP_TASK_NAME: (900, "tiktok_tracking.refresh_rollups"),
         ARCHIVE_TASK_NAME: (3600, "tiktok_tracking.archive_finished"),
-        READINESS_TASK_NAME: (300, "tiktok_tracking.assess_readiness"),
+        READINESS_TASK_NAME: (
+            int(conf.readiness_settings()["ASSESS_INTERVAL"]),
+            "tiktok_tracking.assess_readiness",
+        ),
     }
     for name, (seconds, task) in every.items():
         interval, _ = IntervalSchedule.objects.using(using).get_or_create(
