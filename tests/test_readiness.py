@@ -267,7 +267,7 @@ def test_a_purchase_sent_after_the_dedup_window_is_counted_twice():
         event_time=seen, delivered_at=timezone.now()
     )
     figures = market(readiness_figures.collect(), "US")
-    assert (figures.late_resends, figures.unmergeable) == (3, None)
+    assert (figures.late_resends, figures.unmergeable) == (3, 0)
     verdict = judge(figures)
     assert verdict.verdict == NOT_READY
     assert verdict.reasons[0] == (
@@ -295,3 +295,43 @@ def test_a_grouped_market_lists_each_countrys_own_verdict():
     # Pooled, France's receipts hide Germany's silence: the group looks ready.
     assert (eu["market"], eu["verdict"]) == ("EU", "ready")
     assert eu["countries"] == {"DE": "not_ready", "FR": "ready"}
+
+
+@pytest.mark.django_db
+def test_a_purchase_the_pixel_reports_under_another_name_is_counted_twice_in_its_market():
+    from tiktok_tracking.receipts import record_receipt
+
+    rows = purchases(30, prefix="ok")
+    # The thank-you page's template still says CompletePayment; the server lane sends Purchase.
+    for row in rows[:28]:
+        assert record_receipt(row.pixel_id, "Purchase", row.event_id)
+    for row in rows[28:]:
+        assert record_receipt(row.pixel_id, "CompletePayment", row.event_id)
+    figures = market(readiness_figures.collect(), "US")
+    assert (figures.unmergeable, figures.merged, figures.server_only) == (2, 28, 2)
+    assert figures.double_count_share == pytest.approx(2 / 30)
+    verdict = judge(figures)
+    assert verdict.verdict == NOT_READY
+    assert verdict.reasons[0] == (
+        "2 purchases counted twice by TikTok (2 reported by the pixel under another event "
+        "name): 7% of tracked"
+    )
+
+
+@pytest.mark.django_db
+def test_a_spike_of_tiktok_error_codes_turns_a_market_not_ready():
+    now = timezone.now()
+    purchases(30, prefix="ok", browser_seen_at=now, last_code=0)
+    # The token was revoked ten minutes ago: TikTok refuses what the server lane sends since.
+    refused = purchases(8, prefix="refused", hours_ago=0.2, status=Status.FAILED, last_code=40001)
+    TrackedEvent.objects.filter(pk__in=[row.pk for row in refused]).update(updated_at=now)
+    figures = market(readiness_figures.collect(now), "US")
+    assert (figures.recent_answers, figures.recent_refusals) == (38, {"40001": 8})
+    verdict = judge(figures)
+    assert verdict.verdict == NOT_READY
+    assert verdict.reasons[0] == (
+        "TikTok refused 8 of the 38 purchases it answered in the last 60 min (code 40001: 8)"
+    )
+    # An hour on, the answers are history: the refused purchases weigh on coverage alone.
+    later = market(readiness_figures.collect(now + timedelta(minutes=61)), "US")
+    assert (later.recent_answers, later.recently_refused) == (0, 0)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from tests.factories import outbox_rows
 from tests.test_outbox import tracking
 from tiktok_tracking import rollups
-from tiktok_tracking.models import ReadinessAlert, TrackedEvent
+from tiktok_tracking.models import ConfigChange, ReadinessAlert, TrackedEvent
 from tiktok_tracking.readiness import alerts
 from tiktok_tracking.signals import readiness_changed
 from tiktok_tracking.tasks import assess_readiness
@@ -205,3 +205,98 @@ def test_the_admin_lists_alerts_read_only():
     page = client.get("/admin/tiktok_tracking/readinessalert/").content.decode()
     assert "DE" in page and "not_ready" in page
     assert client.get("/admin/tiktok_tracking/readinessalert/add/").status_code == 403
+
+
+@pytest.mark.django_db
+@override_settings(ADMINS=[("Shop admin", "admin@shop.example")])
+def test_a_replaced_token_and_a_test_event_code_raise_one_config_alert_by_mail_and_webhook(
+    webhook,
+):
+    url, receiver = webhook
+    readiness = {"ALERT_WEBHOOK_URL": url, "ALERT_WEBHOOK_SECRET": SECRET}
+    with tracking(PAID_ORDERS=None, READINESS=readiness):
+        assess_readiness()  # the first report: nothing to compare with
+        assess_readiness()
+    # A deploy ships another token and a test event code left over from a debugging session.
+    deployed = {"ACCESS_TOKEN": "another-access-token-9876543210", "TEST_EVENT_CODE": "TEST12345"}
+    with tracking(PAID_ORDERS=None, READINESS=readiness, **deployed):
+        assess_readiness()
+        assess_readiness()  # the same settings again: nothing new
+    with tracking(PAID_ORDERS=None, READINESS={**readiness, "MIN_ORDERS": 5}, **deployed):
+        assess_readiness()  # a threshold is not a watched setting: recorded, no alert
+    assert ConfigChange.objects.count() == 3
+    [alert] = ReadinessAlert.objects.all()
+    reasons = [
+        "access token replaced",
+        "TEST_EVENT_CODE set: TikTok files the server's events under its test tool, where ads "
+        "and rules do not count them",
+    ]
+    assert (alert.kind, alert.market, alert.reasons, alert.status) == (
+        "config_changed",
+        "",
+        reasons,
+        "sent",
+    )
+    [message] = mail.outbox
+    assert message.subject == "[Django] TikTok tracking: the tracking configuration changed"
+    assert "- access token replaced" in message.body
+    assert "another-access-token" not in message.body
+    [(headers, body)] = receiver.received
+    sent = verified(headers, body)
+    assert (sent["type"], sent["market"], sent["old"], sent["new"]) == (
+        "config_changed",
+        None,
+        None,
+        None,
+    )
+    assert sent["reasons"] == reasons
+
+
+def test_the_watched_settings_are_named_in_words():
+    from tiktok_tracking.config_log import token_digest, tracking_changes
+
+    before = {
+        "ACCESS_TOKEN": token_digest("first-token"),
+        "PIXEL_ID": "CPIXEL1",
+        "PIXELS": None,
+        "ENABLED": True,
+        "PURCHASE_EVENT": "Purchase",
+        "CONSENT_OPT_IN_COUNTRIES": ["AT", "DE"],
+        "TIMEOUT": 10.0,
+    }
+    after = {
+        **before,
+        "PIXEL_ID": "CPIXEL2",
+        "ENABLED": False,
+        "PURCHASE_EVENT": "CompletePayment",
+        "CONSENT_OPT_IN_COUNTRIES": ["AT"],
+        "TIMEOUT": 5.0,
+    }
+    assert tracking_changes(before, after) == [
+        "PIXEL_ID changed from 'CPIXEL1' to 'CPIXEL2'",
+        "server lane switched off (ENABLED = False)",
+        "PURCHASE_EVENT changed from 'Purchase' to 'CompletePayment'",
+        "consent policy: CONSENT_OPT_IN_COUNTRIES changed from AT, DE to AT",
+    ]
+    assert tracking_changes(before, {**before, "ACCESS_TOKEN": "not set"}) == [
+        "access token removed"
+    ]
+    # A record from before tokens had a digest says only "set": no way to tell, no alert.
+    assert tracking_changes({**before, "ACCESS_TOKEN": "set"}, before) == []
+    assert token_digest("first-token") != token_digest("second-token")
+    assert "first-token" not in token_digest("first-token")
+
+
+def test_the_pixels_added_removed_or_given_another_token_are_named():
+    from tiktok_tracking.config_log import token_digest, tracking_changes
+
+    def pixels(*entries):
+        return {"PIXELS": [{"PIXEL_ID": p, "ACCESS_TOKEN": token_digest(t)} for p, t in entries]}
+
+    before = pixels(("CA", "token-a"), ("CB", "token-b"))
+    after = pixels(("CA", "token-a2"), ("CC", "token-c"))
+    assert tracking_changes(before, after) == [
+        "pixel CC added",
+        "pixel CB removed",
+        "access token of pixel CA replaced",
+    ]

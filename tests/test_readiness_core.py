@@ -192,8 +192,28 @@ def test_double_counted_purchases_are_a_risk_above_their_thresholds():
     assert verdict.reasons[0] == (
         "6 purchases counted twice by TikTok (6 sent after the dedup window): 6% of tracked"
     )
-    verdict = judge(figures(unmergeable=0, late_resends=6))
-    assert "(0 under ids that cannot merge, 6 sent after the dedup window)" in verdict.reasons[0]
+    verdict = judge(figures(unmergeable=4, late_resends=2))
+    assert verdict.reasons[0] == (
+        "6 purchases counted twice by TikTok (4 reported by the pixel under another event name, "
+        "2 sent after the dedup window): 6% of tracked"
+    )
+
+
+def test_a_spike_of_refusals_from_tiktok_is_not_ready_whatever_the_sample():
+    spike = {"recent_answers": 10, "recent_refusals": {"40001": 4, "40002": 1}}
+    verdict = judge(figures(paid_orders=5, recorded_orders=5, tracked_orders=5, **spike))
+    assert verdict.verdict == NOT_READY
+    assert verdict.reasons[0] == (
+        "TikTok refused 5 of the 10 purchases it answered in the last 60 min "
+        "(code 40001: 4, code 40002: 1)"
+    )
+    # Below the share, or below the count, it is noise: a single bad event, a quiet hour.
+    assert judge(figures(recent_answers=100, recent_refusals={"40001": 19})).verdict == READY
+    assert judge(figures(recent_answers=2, recent_refusals={"40001": 2})).verdict == READY
+    limits = Thresholds(error_spike_events=1)
+    assert judge(figures(recent_answers=2, recent_refusals={"40001": 2}), limits).verdict == (
+        NOT_READY
+    )
 
 
 def test_slow_delivery_and_weak_match_keys_call_for_caution():

@@ -35,6 +35,8 @@ FIGURE_KEYS = {
     "browser_only",
     "unmergeable",
     "late_resends",
+    "recent_answers",
+    "recent_refusals",
     "oldest_undelivered_at",
     "latency_p50_seconds",
     "latency_p95_seconds",

@@ -633,12 +633,23 @@ class FeedTokenAdmin(admin.ModelAdmin):
 
 @admin.register(ReadinessAlert)
 class ReadinessAlertAdmin(admin.ModelAdmin):
-    """Each change of a market's readiness verdict and its webhook delivery: read only."""
+    """Each change of a market's readiness verdict or of the tracking configuration, and its
+    webhook delivery: read only."""
 
-    list_display = ("created_at", "market", "old", "new", "status", "attempts", "last_error")
-    list_filter = ("market", "new", "status")
+    list_display = (
+        "created_at",
+        "kind",
+        "market",
+        "old",
+        "new",
+        "status",
+        "attempts",
+        "last_error",
+    )
+    list_filter = ("kind", "market", "new", "status")
     readonly_fields = (
         "created_at",
+        "kind",
         "market",
         "old",
         "new",

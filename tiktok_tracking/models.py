@@ -305,6 +305,9 @@ class ReadinessReport(models.Model):
     computed_at = models.DateTimeField(_("computed at"), default=timezone.now, db_index=True)
     # The document of readiness.report.build: every market's verdicts, reasons and figures.
     document = models.JSONField(_("document"))
+    # The latest configuration record when the report was computed: the next report alerts on
+    # the records after it (an id, not a time: processes' clocks and commits interleave).
+    config_change_id = models.BigIntegerField(_("configuration record"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("readiness report")
@@ -336,7 +339,12 @@ class FeedToken(models.Model):
 
 
 class ReadinessAlert(models.Model):
-    """A market's readiness verdict changed: the alert, and its delivery to the webhook."""
+    """A market's readiness verdict changed, or the tracking configuration did: the alert, and
+    its delivery to the webhook."""
+
+    class Kind(models.TextChoices):
+        READINESS_CHANGED = "readiness_changed", _("Market readiness changed")
+        CONFIG_CHANGED = "config_changed", _("Tracking configuration changed")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("Pending")
@@ -344,9 +352,13 @@ class ReadinessAlert(models.Model):
         FAILED = "failed", _("Failed")
 
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
-    market = models.CharField(_("market"), max_length=64)
-    old = models.CharField(_("verdict before"), max_length=32)
-    new = models.CharField(_("verdict now"), max_length=32)
+    kind = models.CharField(
+        _("kind"), max_length=32, choices=Kind.choices, default=Kind.READINESS_CHANGED
+    )
+    # A configuration change concerns every market: market, old and new stay blank.
+    market = models.CharField(_("market"), max_length=64, blank=True)
+    old = models.CharField(_("verdict before"), max_length=32, blank=True)
+    new = models.CharField(_("verdict now"), max_length=32, blank=True)
     reasons = models.JSONField(_("reasons"), default=list)
     # The webhook's delivery: none configured leaves the alert "sent" with no attempt.
     status = models.CharField(
@@ -363,6 +375,8 @@ class ReadinessAlert(models.Model):
         ordering = ["-created_at", "-pk"]
 
     def __str__(self):
+        if self.kind == self.Kind.CONFIG_CHANGED:
+            return "tracking configuration changed"
         return f"{self.market}: {self.old} -> {self.new}"
 
 

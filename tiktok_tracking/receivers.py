@@ -1,10 +1,15 @@
 """Connects the app's receivers to the shop's signals and to its own; others do the work."""
 
 from tiktok_tracking import conf
-from tiktok_tracking.readiness.alerts import mail_site_admins
+from tiktok_tracking.readiness.alerts import mail_config_change, mail_site_admins
 from tiktok_tracking.recording import record_order_event
 from tiktok_tracking.refunds import record_refund
-from tiktok_tracking.signals import order_refunded, payment_completed, readiness_changed
+from tiktok_tracking.signals import (
+    order_refunded,
+    payment_completed,
+    readiness_changed,
+    tracking_config_changed,
+)
 
 
 def connect():
@@ -14,6 +19,9 @@ def connect():
     order_refunded.connect(on_order_refunded, dispatch_uid="tiktok_tracking.on_order_refunded")
     readiness_changed.connect(
         mail_site_admins, dispatch_uid="tiktok_tracking.mail_readiness_change"
+    )
+    tracking_config_changed.connect(
+        mail_config_change, dispatch_uid="tiktok_tracking.mail_config_change"
     )
 
 

@@ -17,6 +17,13 @@ order_refunded = Signal()
 # alert (the ReadinessAlert row). The app's own receiver mails the site admins.
 readiness_changed = Signal()
 
+# Sent by the app when the readiness task finds the tracking configuration changed in a way
+# that alone can stop or double what TikTok counts (an access token, a pixel id, the test
+# event code, the purchase event's name, the consent policy): reasons (a list of str), alert
+# (the ReadinessAlert row), recorded_at (when a process first ran with it). The app's own
+# receiver mails the site admins.
+tracking_config_changed = Signal()
+
 # Sent by the app after a delivery attempt has been recorded; receivers get the row ids.
 events_delivered = Signal()  # tracked_event_ids
 events_failed = Signal()  # tracked_event_ids, permanent (bool)

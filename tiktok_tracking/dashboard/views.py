@@ -1,6 +1,5 @@
 """The dashboard page: reads the period's figures (never writes) and renders them."""
 
-import json
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
@@ -9,7 +8,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from tiktok_tracking import conf
-from tiktok_tracking.config_log import config_fingerprint
+from tiktok_tracking.config_log import current_fingerprint
 from tiktok_tracking.dashboard import queries
 from tiktok_tracking.dashboard.chart import daily_chart
 from tiktok_tracking.dashboard.checklist import HealthFacts, evaluate_checklist
@@ -41,12 +40,6 @@ from tiktok_tracking.readiness.panel import coverage_by_day, market_rows, pooled
 from tiktok_tracking.rollups import day_bounds
 
 TEMPLATE = "admin/tiktok_tracking/dashboard.html"
-
-
-def current_config_fingerprint():
-    """The fingerprint the sweeper would record for the settings in force now."""
-    # Through JSON first, as config_log stores them, so that equal settings compare equal.
-    return config_fingerprint(json.loads(json.dumps(conf.public_settings(), default=str)))
 
 
 def dashboard_context(days, now=None):
@@ -106,8 +99,7 @@ def dashboard_context(days, now=None):
         opt_in_countries=tuple(conf.get("CONSENT_OPT_IN_COUNTRIES") or ()),
         config_changes=config["count"],
         config_latest=config["latest"],
-        config_outdated=bool(config["count"])
-        and config["fingerprint"] != current_config_fingerprint(),
+        config_outdated=bool(config["count"]) and config["fingerprint"] != current_fingerprint(),
         readiness_judged=report is not None,
         pooled_not_ready=tuple(pooled_not_ready(report.document)) if report else (),
     )

@@ -1,10 +1,13 @@
 """Alerts when a market's readiness changes: the readiness_changed signal, mail, a signed webhook.
 
 Each stored report is compared with the one before it (``changes``, pure); each market whose
-verdict changed becomes a ReadinessAlert row and a ``readiness_changed`` signal. Out of the
-box, a receiver mails the site admins (``mail_admins``); when READINESS names a webhook, the
-alert is POSTed there as signed JSON by ``deliver_alerts``, retried with backoff and recorded
-on its row. A market seen for the first time raises no alert: there is no change to report.
+verdict changed becomes a ReadinessAlert row and a ``readiness_changed`` signal. A change of
+the tracking configuration recorded since the report before, to a setting that alone can stop
+or double what TikTok counts (``config_log.WATCHED``), becomes an alert of its own and a
+``tracking_config_changed`` signal. Out of the box, a receiver mails the site admins
+(``mail_admins``); when READINESS names a webhook, the alert is POSTed there as signed JSON by
+``deliver_alerts``, retried with backoff and recorded on its row. A market seen for the first
+time raises no alert: there is no change to report.
 """
 
 import hashlib
@@ -13,15 +16,17 @@ import json
 import logging
 import time
 from datetime import timedelta
+from itertools import pairwise
 
 import requests
 from django.core.mail import mail_admins
 from django.utils import timezone
 
 from tiktok_tracking import conf
-from tiktok_tracking.models import ReadinessAlert
+from tiktok_tracking.config_log import tracking_changes
+from tiktok_tracking.models import ConfigChange, ReadinessAlert
 from tiktok_tracking.redaction import redact
-from tiktok_tracking.signals import readiness_changed
+from tiktok_tracking.signals import readiness_changed, tracking_config_changed
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +49,47 @@ def changes(previous, current):
     ]
 
 
+def new_alert(now, **fields):
+    """A ReadinessAlert row, pending for the webhook when one is set."""
+    webhook = conf.readiness_settings()["ALERT_WEBHOOK_URL"]
+    return ReadinessAlert.objects.create(
+        created_at=now,
+        status=ReadinessAlert.Status.PENDING if webhook else ReadinessAlert.Status.SENT,
+        next_attempt_at=now,
+        **fields,
+    )
+
+
 def record_changes(previous, current, now=None):
     """Record an alert for each change from ``previous`` to ``current`` and signal it."""
     now = now or timezone.now()
-    webhook = conf.readiness_settings()["ALERT_WEBHOOK_URL"]
     alerts = []
     for market, old, new, reasons in changes(previous, current):
-        alert = ReadinessAlert.objects.create(
-            created_at=now,
-            market=market,
-            old=old,
-            new=new,
-            reasons=reasons,
-            status=ReadinessAlert.Status.PENDING if webhook else ReadinessAlert.Status.SENT,
-            next_attempt_at=now,
-        )
+        alert = new_alert(now, market=market, old=old, new=new, reasons=reasons)
         alerts.append(alert)
         readiness_changed.send(
             sender=ReadinessAlert, market=market, old=old, new=new, reasons=reasons, alert=alert
+        )
+    return alerts
+
+
+def record_config_changes(seen_id, now=None):
+    """Record an alert for each configuration record after the one ``seen_id`` names (the
+    latest the report before saw) that changes a watched setting, and signal it. Without
+    ``seen_id`` (a report from before the app kept it) there is nothing to compare with."""
+    now = now or timezone.now()
+    if seen_id is None:
+        return []
+    records = list(ConfigChange.objects.filter(pk__gte=seen_id).order_by("pk"))
+    alerts = []
+    for older, newer in pairwise(records):
+        reasons = tracking_changes(older.settings, newer.settings)
+        if not reasons:
+            continue
+        alert = new_alert(now, kind=ReadinessAlert.Kind.CONFIG_CHANGED, reasons=reasons)
+        alerts.append(alert)
+        tracking_config_changed.send(
+            sender=ReadinessAlert, reasons=reasons, alert=alert, recorded_at=newer.recorded_at
         )
     return alerts
 
@@ -76,16 +104,29 @@ def mail_site_admins(sender, market, old, new, reasons, **kwargs):
     mail_admins(f"TikTok tracking: {market} is {new} (was {old})", "\n".join(lines))
 
 
+def mail_config_change(sender, reasons, recorded_at, **kwargs):
+    """The built-in receiver of a configuration change: mail the site admins (ALERT_MAIL)."""
+    if not conf.readiness_settings()["ALERT_MAIL"]:
+        return
+    when = recorded_at.strftime("%Y-%m-%d %H:%M %Z")
+    lines = [f"The TikTok tracking configuration changed (first in use {when}):", ""]
+    lines += [f"- {reason}" for reason in reasons]
+    lines += ["", "If nobody meant it, every market's figures are suspect from then on."]
+    mail_admins("TikTok tracking: the tracking configuration changed", "\n".join(lines))
+
+
 def payload(alert):
-    """The JSON the webhook receives for ``alert``."""
+    """The JSON the webhook receives for ``alert``: ``type`` says which kind it is; a
+    configuration change concerns every market, so its ``market``, ``old`` and ``new`` are
+    null."""
     return {
         "version": 1,
-        "type": "readiness_changed",
+        "type": alert.kind,
         "id": alert.pk,
         "created_at": alert.created_at.isoformat(),
-        "market": alert.market,
-        "old": alert.old,
-        "new": alert.new,
+        "market": alert.market or None,
+        "old": alert.old or None,
+        "new": alert.new or None,
         "reasons": alert.reasons,
     }
 

@@ -4,7 +4,8 @@ Purchases come from the daily rollups for closed days and from the outbox and th
 today (and any day the rollup task has not reached): a fixed number of queries, however many
 rows. What the rollups do not hold is read from the outbox alone, which the archive keeps to
 the in-flight and recent rows: the oldest undelivered purchase, the delivery latency (the
-most recent delivered purchases, at most ``LATENCY_SAMPLE``), the last pixel receipt. The
+most recent delivered purchases, at most ``LATENCY_SAMPLE``), the last pixel receipt, TikTok's
+latest answers. Purchases the two lanes sent under different names come from the receipts. The
 shop's paid orders, when it names them (``PAID_ORDERS``), are read through the order adapter,
 one pass per window.
 
@@ -17,11 +18,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from django.db.models import Count, F, FloatField, Max, Min, Q, Sum
+from django.db.models import Count, Exists, F, FloatField, Max, Min, OuterRef, Q, Sum
 from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
 from tiktok_tracking import conf
+from tiktok_tracking.client import DELIVERED_CODES
 from tiktok_tracking.dashboard.figures import IN_FLIGHT, purchase_names
 from tiktok_tracking.dashboard.queries import created_on
 from tiktok_tracking.dedup import BROWSER_ONLY, MERGED, SERVER_ONLY, SUPPRESSED, dedup_verdict
@@ -158,6 +160,60 @@ def late_resends(first_day, names):
     return late
 
 
+def unmergeable(first_day, names):
+    """``{(country, day): purchases}`` since ``first_day`` the pixel reported under the server
+    event's id but another purchase name (``CompletePayment`` beside ``Purchase``): TikTok
+    merges only the same pixel, name and id, so it counts each twice. One query per name and
+    table, each probe on the receipts' unique index."""
+    from tiktok_tracking.models import BrowserReceipt
+
+    counts = Counter()
+    for model in EVENT_TABLES:
+        for name in sorted(names):
+            reported_otherwise = BrowserReceipt.objects.filter(
+                pixel_id=OuterRef("pixel_id"),
+                event__in=sorted(names - {name}),
+                event_id=OuterRef("event_id"),
+            )
+            rows = (
+                model.objects.filter(
+                    event=name,
+                    created_at__gte=day_bounds(first_day)[0],
+                    browser_seen_at__isnull=True,
+                )
+                .filter(Exists(reported_otherwise))
+                .annotate(day=TruncDate("created_at"))
+                .values("country", "day")
+                .annotate(count=Count("pk"))
+                .values_list("country", "day", "count")
+                .order_by()
+            )
+            for country, day, count in rows:
+                counts[(country_of(country), day)] += count
+    return counts
+
+
+def recent_answers(names, now, minutes):
+    """``{country: Counter(code: purchases)}`` of the purchases TikTok answered in the last
+    ``minutes`` (0 and 20001 accepted, anything else refused), from their latest answer. One
+    query: the outbox keeps every row that changed this recently."""
+    answers = defaultdict(Counter)
+    rows = (
+        TrackedEvent.objects.filter(
+            event__in=names,
+            last_code__isnull=False,
+            updated_at__gte=now - timedelta(minutes=minutes),
+        )
+        .values("country", "last_code")
+        .annotate(count=Count("pk"))
+        .values_list("country", "last_code", "count")
+        .order_by()
+    )
+    for country, code, count in rows:
+        answers[country_of(country)][code] += count
+    return answers
+
+
 def in_window(counts, market, days, today):
     """The sum of ``{(market, day): n}`` over ``market``'s days of the ``days`` window."""
     return sum(
@@ -226,6 +282,8 @@ class Gathered:
     last_receipt: dict
     unseen: list
     paid: dict | None
+    unmergeable: Counter
+    answers: dict
 
     def countries(self):
         seen = {country_of(group["country"]) for _day, group in self.groups}
@@ -254,6 +312,8 @@ def gather(now=None, *, paid=True):
         last_receipt=last_receipt,
         unseen=unseen,
         paid=paid_orders_by_country(today) if paid else None,
+        unmergeable=unmergeable(first_day, names),
+        answers=recent_answers(names, now, conf.readiness_thresholds().error_spike_minutes),
     )
 
 
@@ -288,6 +348,10 @@ def assemble(gathered, index, only=None):
             tallies[(market, days)].add(group)
 
     refunds, late = regroup(gathered.refunds, index), regroup(gathered.late, index)
+    renamed = regroup(gathered.unmergeable, index)
+    answers = defaultdict(Counter)
+    for country, codes in gathered.answers.items():
+        answers[market_of(country, index)].update(codes)
     oldest, latencies, last_receipt = {}, defaultdict(list), {}
     for country, at in gathered.oldest.items():
         market = market_of(country, index)
@@ -333,7 +397,14 @@ def assemble(gathered, index, only=None):
                     match_quality=quality.market_score(counts["recorded"], tally.with_key),
                     last_receipt_at=last_receipt.get(market),
                     server_orders_since_last_receipt=since_receipt[market],
+                    unmergeable=in_window(renamed, market, days, today),
                     late_resends=in_window(late, market, days, today),
+                    recent_answers=sum(answers[market].values()),
+                    recent_refusals={
+                        str(code): count
+                        for code, count in answers[market].items()
+                        if code not in DELIVERED_CODES
+                    },
                     refunded_orders=in_window(refunds, market, days, today),
                 )
             )

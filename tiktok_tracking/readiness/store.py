@@ -33,13 +33,20 @@ def build_report(now=None, *, paid=True, window_days=None):
 
 def assess(now=None):
     """Compute the report (the shop's paid orders read), store it, alert on every market whose
-    verdict changed since the last one, drop old reports."""
-    from tiktok_tracking.readiness.alerts import record_changes
+    verdict changed and every watched setting that changed since the last one, drop old
+    reports."""
+    from tiktok_tracking.config_log import record_config_if_changed
+    from tiktok_tracking.readiness.alerts import record_changes, record_config_changes
 
     now = now or timezone.now()
+    # This process's settings count too, even before the sweeper has run under them.
+    config = record_config_if_changed()
     previous = latest()
-    stored = ReadinessReport.objects.create(computed_at=now, document=build_report(now))
+    stored = ReadinessReport.objects.create(
+        computed_at=now, document=build_report(now), config_change_id=config.pk
+    )
     if previous is not None:
+        record_config_changes(previous.config_change_id, now)
         record_changes(previous.document, stored.document, now)
     ReadinessReport.objects.filter(computed_at__lt=now - KEEP_REPORTS).delete()
     return stored

@@ -4,8 +4,8 @@ Pure: figures in (counted elsewhere from the outbox, the receipts, the shop's pa
 refunds), a verdict out, with every reason in words. Each rule reads the figures and says
 ``caution`` or ``not_ready`` with its reason, or nothing; the verdict is the worst of them. A
 market with fewer paid orders than the sample size needs is ``insufficient_data``, never
-``ready``, unless a sudden failure (the pixel gone silent, purchases stuck on the server) makes
-it ``not_ready``: a broken lane is broken however few orders showed it.
+``ready``, unless a sudden failure (the pixel gone silent, purchases stuck on the server, TikTok
+refusing them) makes it ``not_ready``: a broken lane is broken however few orders showed it.
 """
 
 from dataclasses import dataclass, field
@@ -39,6 +39,9 @@ class Thresholds:
     consent_withheld_caution: float = 0.40
     refunds_caution: float = 0.10
     refunds_not_ready: float = 0.25
+    error_spike_minutes: float = 60.0
+    error_spike_share: float = 0.20
+    error_spike_events: int = 3
 
     def __post_init__(self):
         for name, value in vars(self).items():
@@ -77,11 +80,15 @@ class MarketFigures:
     merged: int = 0
     server_only: int = 0
     browser_only: int = 0
-    # Both lanes sent the purchase under ids that cannot merge (None: not measured, a browser
-    # receipt does not name its order), or the server lane sent it after TikTok's dedup
+    # The pixel reported the purchase under the server event's id but another name
+    # (CompletePayment beside Purchase), or the server lane sent it after TikTok's dedup
     # window: TikTok counts these twice.
-    unmergeable: int | None = None
+    unmergeable: int = 0
     late_resends: int = 0
+    # TikTok's latest answer to the purchases it answered in the last ERROR_SPIKE_MINUTES:
+    # how many, and the refused ones by code (whatever the window: a spike is about now).
+    recent_answers: int = 0
+    recent_refusals: dict = field(default_factory=dict)
     oldest_undelivered_at: datetime | None = None
     latency_p50_seconds: float | None = None
     latency_p95_seconds: float | None = None
@@ -115,7 +122,11 @@ class MarketFigures:
 
     @property
     def double_counted(self):
-        return (self.unmergeable or 0) + self.late_resends
+        return self.unmergeable + self.late_resends
+
+    @property
+    def recently_refused(self):
+        return sum(self.recent_refusals.values())
 
     @property
     def double_count_share(self):
@@ -225,6 +236,24 @@ def check_undelivered(figures, limits):
     return None
 
 
+def check_error_spike(figures, limits):
+    """TikTok refusing the purchases sent to it now: a revoked token, a wrong pixel id, a
+    malformed field after a release."""
+    refused, answered = figures.recently_refused, figures.recent_answers
+    if not answered or refused < limits.error_spike_events:
+        return None
+    if refused / answered < limits.error_spike_share:
+        return None
+    codes = sorted(figures.recent_refusals.items(), key=lambda item: (-item[1], item[0]))
+    named = ", ".join(f"code {code}: {count}" for code, count in codes[:3])
+    return Finding(
+        NOT_READY,
+        f"TikTok refused {refused} of the {answered} purchases it answered in the last "
+        f"{limits.error_spike_minutes:.0f} min ({named})",
+        sudden=True,
+    )
+
+
 def check_latency(figures, limits):
     p95 = figures.latency_p95_seconds
     if p95 is None or p95 < limits.latency_p95_caution_seconds:
@@ -236,11 +265,13 @@ def check_double_count(figures, limits):
     share = figures.double_count_share
     if not share:
         return None
-    parts = [f"{figures.late_resends} sent after the dedup window"]
-    if figures.unmergeable is not None:
-        parts.insert(0, f"{figures.unmergeable} under ids that cannot merge")
+    parts = (
+        (figures.unmergeable, "reported by the pixel under another event name"),
+        (figures.late_resends, "sent after the dedup window"),
+    )
+    named = ", ".join(f"{count} {what}" for count, what in parts if count)
     reason = (
-        f"{figures.double_counted} purchases counted twice by TikTok ({', '.join(parts)}): "
+        f"{figures.double_counted} purchases counted twice by TikTok ({named}): "
         f"{percent(share)} of tracked"
     )
     return graded(share, reason, limits.double_count_caution, limits.double_count_not_ready)
@@ -284,6 +315,7 @@ def check_refunds(figures, limits):
 
 RULES = (
     check_pixel_silence,
+    check_error_spike,
     check_undelivered,
     check_coverage,
     check_double_count,
