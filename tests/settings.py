@@ -123,3 +123,17 @@ TIKTOK_TRACKING = {
 # The delivery benchmark compares batch sizes; unset, the app's default applies (and is tested).
 if env.str("TIKTOK_BATCH_SIZE", default=""):
     TIKTOK_TRACKING["BATCH_SIZE"] = env.int("TIKTOK_BATCH_SIZE")
+
+# Where a worker started by tests/test_readiness_beat.py sends readiness alerts: the admins'
+# address, mail written as files the test reads, the test's own webhook endpoint and secret.
+# Unset, as for every other test, the defaults stand.
+if env.str("TIKTOK_TEST_ADMIN_EMAIL", default=""):
+    ADMINS = [("Shop admin", env.str("TIKTOK_TEST_ADMIN_EMAIL"))]
+if env.str("TIKTOK_TEST_EMAIL_DIR", default=""):
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = env.str("TIKTOK_TEST_EMAIL_DIR")
+if env.str("TIKTOK_TEST_ALERT_WEBHOOK_URL", default=""):
+    TIKTOK_TRACKING["READINESS"] = {
+        "ALERT_WEBHOOK_URL": env.str("TIKTOK_TEST_ALERT_WEBHOOK_URL"),
+        "ALERT_WEBHOOK_SECRET": env.str("TIKTOK_TEST_ALERT_WEBHOOK_SECRET", default=""),
+    }
