@@ -37,7 +37,7 @@ SHOPPER_IP = "203.0.113.7"
 SHOPPER_AGENT = "Mozilla/5.0 (shopper)"
 STAFF_IP = "198.51.100.9"
 POSTCODES = {"US": "94105", "DE": "10115"}
-OSCAR_PAGE = Path(__file__).resolve().parents[2] / "docs" / "integrations" / "oscar.md"
+OSCAR_PAGE = Path(__file__).resolve().parents[2] / "docs/integrations/oscar.md"
 
 
 def sha256(text):
