@@ -1,8 +1,12 @@
 """The docs stay true to the code: settings, check ids, links, commands and code examples."""
 
 import ast
+import builtins
+import importlib
 import inspect
+import os
 import re
+import symtable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +16,7 @@ from django.core.management import get_commands, load_command_class
 from django.template import engines
 from django.utils.module_loading import import_string
 
-from tiktok_tracking import conf
+from tiktok_tracking import checks, conf
 from tiktok_tracking.adapters import OrderAdapter
 from tiktok_tracking.receivers import on_order_refunded, on_payment_completed
 
@@ -517,6 +521,71 @@ def extra_lower_bound_problem(requirement, pinned):
     return None
 
 
+# --- Examples that run on their own -------------------------------------------------------------
+
+ENVIRONMENT_NAME = re.compile(r"[A-Z][A-Z0-9]*_[A-Z0-9_]+")
+# A module that creates a Celery app makes it the process's current app: the examples of a
+# project's celery.py are left to the packaging test's fresh project, which runs them for real.
+SIDE_EFFECT_IMPORTS = frozenset({"celery"})
+
+
+def _imported_modules(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield "." * node.level + (node.module or "")
+
+
+def _importable(module):
+    if module.startswith("."):
+        return False
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def undefined_names(text):
+    """Names the block's top level reads but neither defines, imports nor has as a builtin: a
+    fragment's (``order``, ``env``), which only the page around it gives meaning to."""
+    table = symtable.symtable(text, "<example>", "exec")
+    return sorted(
+        symbol.get_name()
+        for symbol in table.get_symbols()
+        if symbol.is_referenced()
+        and not (symbol.is_assigned() or symbol.is_imported())
+        and not hasattr(builtins, symbol.get_name())
+    )
+
+
+def runs_on_its_own(block):
+    """Whether ``block`` is a whole program: every import resolves, every name is defined."""
+    tree = ast.parse(block.text)
+    modules = list(_imported_modules(tree))
+    if any(module.split(".")[0] in SIDE_EFFECT_IMPORTS for module in modules):
+        return False
+    return all(_importable(module) for module in modules) and not undefined_names(block.text)
+
+
+def environment_names(block):
+    """The environment variables an example may read, by their look (``TIKTOK_PIXEL_ID``)."""
+    return sorted(
+        {
+            node.value
+            for node in ast.walk(ast.parse(block.text))
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and ENVIRONMENT_NAME.fullmatch(node.value)
+        }
+    )
+
+
+def runnable_blocks():
+    return [block for block in doc_blocks(PYTHON_LANGUAGES) if runs_on_its_own(block)]
+
+
 # --- The docs against the code -----------------------------------------------------------------
 
 
@@ -639,6 +708,47 @@ def test_integration_extras_ask_for_releases_the_suite_tests():
             if problem:
                 problems.append(f"[{extra}] {problem}")
     assert not problems
+
+
+def test_examples_that_run_on_their_own_are_found():
+    found = {block.where for block in runnable_blocks()}
+    # The README's settings, the upsell charges, the adapter subclasses: whole programs.
+    assert any(where.startswith("README.md:") for where in found)
+    assert any(where.startswith("docs/subscriptions.md:") for where in found)
+    assert len(found) >= 10
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("block", runnable_blocks(), ids=lambda block: block.where)
+def test_python_example_runs(block, monkeypatch, settings):
+    for name in environment_names(block):
+        if name not in os.environ:
+            monkeypatch.setenv(name, f"example-{name.lower()}")
+    namespace = {"__name__": "docs_example"}
+    exec(compile(block.text, block.where, "exec"), namespace)  # noqa: S102 - the docs' own code
+    tracking = namespace.get(conf.SETTING_NAME)
+    if not isinstance(tracking, dict):
+        return
+    # The settings it shows pass the app's checks, on top of the test project's. A path into
+    # the docs' example files of the shop cannot be imported here: it keeps the project's, and
+    # test_every_dotted_path_in_a_settings_example_names_what_the_setting_needs checks it.
+    shop = tuple(f"{module}." for module in shop_modules(doc_blocks(PYTHON_LANGUAGES)))
+    shown = {
+        key: value
+        for key, value in tracking.items()
+        if not (key in PATH_SETTINGS and isinstance(value, str) and value.startswith(shop))
+    }
+    base = dict(settings.TIKTOK_TRACKING)
+    if "PIXELS" in shown:  # it replaces the single pixel's keys
+        for key in ("PIXEL_ID", "ACCESS_TOKEN", "TEST_EVENT_CODE"):
+            base.pop(key, None)
+    settings.TIKTOK_TRACKING = {**base, **shown}
+    errors = [
+        f"{error.id}: {error.msg}"
+        for error in checks.check_settings() + checks.check_consent_settings()
+        if error.is_serious()
+    ]
+    assert not errors
 
 
 def test_the_docs_have_code_examples():
