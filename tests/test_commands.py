@@ -15,7 +15,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tests.shop.models import Order
+from tests.shop.adapters import ShopOrderAdapter
+from tests.shop.models import Order, OrderLine
 from tiktok_tracking.client import DELIVERED, PERMANENT, TRANSIENT, Outcome
 from tiktok_tracking.management.commands.tiktok_check import build_test_body, verdict
 from tiktok_tracking.management.progress import ProgressBar, progress_line
@@ -79,6 +80,69 @@ def test_warnings_are_shown_but_do_not_fail(settings):
     tracking(settings, PIXELID="typo")
     out, _err = run("tiktok_check")
     assert "WARNING tiktok_tracking.W001" in out
+
+
+class QuantityBlindAdapter(ShopOrderAdapter):
+    """Sends every line once: an adapter that misses the quantity (the base class, say, on a
+    model whose lines keep it under another name)."""
+
+    def line_content(self, line):
+        return {**super().line_content(line), "quantity": 1}
+
+
+def make_order_with_lines(number, total, lines, **fields):
+    order = Order.objects.create(number=number, total=Decimal(total), **{"paid": True, **fields})
+    for index, (quantity, price) in enumerate(lines):
+        OrderLine.objects.create(
+            order=order, sku=f"SKU-{index}", name="Mug", quantity=quantity, price=Decimal(price)
+        )
+    return order
+
+
+@pytest.mark.django_db
+def test_check_reads_recent_orders_and_passes_when_their_lines_add_up():
+    make_order_with_lines("R1", "30.00", [(2, "10.00"), (1, "10.00")])
+    # Unit prices rounded from a line total: a cent per line is rounding, not a wrong adapter.
+    make_order_with_lines("R2", "10.00", [(3, "3.33")])
+    out, err = run("tiktok_check")
+    assert "no problems found" in out
+    assert "W005" not in out
+    assert err == ""
+
+
+@pytest.mark.django_db
+def test_check_warns_when_an_adapter_sends_lines_that_do_not_add_up(settings):
+    make_order_with_lines("R1", "30.00", [(2, "10.00"), (1, "10.00")])
+    make_order_with_lines("R2", "10.00", [(1, "10.00")])
+    tracking(settings, ORDER_ADAPTER="tests.test_commands.QuantityBlindAdapter")
+    out, _err = run("tiktok_check")  # a warning: the command still succeeds
+    assert out.count("WARNING tiktok_tracking.W005") == 1
+    assert "Order R1: its contents add up to 20.00 (price x quantity of 2 line(s)), its value " in (
+        out
+    )
+    assert "is 30.00" in out
+    assert "no problems found" not in out
+
+
+@pytest.mark.django_db
+def test_check_reads_only_a_few_recent_paid_orders(settings):
+    for number in range(8):
+        make_order_with_lines(f"R{number}", "30.00", [(3, "10.00")])
+    make_order_with_lines("UNPAID", "30.00", [(3, "10.00")], paid=False)
+    tracking(settings, ORDER_ADAPTER="tests.test_commands.QuantityBlindAdapter")
+    out, _err = run("tiktok_check")
+    warned = sorted(
+        line.split("Order ")[1].split(":")[0] for line in out.splitlines() if "W005" in line
+    )
+    assert warned == ["R3", "R4", "R5", "R6", "R7"]
+
+
+@pytest.mark.django_db
+def test_check_without_paid_orders_reads_no_orders(settings):
+    make_order_with_lines("R1", "30.00", [(3, "10.00")])
+    tracking(settings, ORDER_ADAPTER="tests.test_commands.QuantityBlindAdapter", PAID_ORDERS=None)
+    out, _err = run("tiktok_check")
+    assert "no problems found" in out
 
 
 def test_test_event_needs_a_test_code(settings, sandbox):

@@ -112,6 +112,78 @@ def test_missing_broker_is_reported(monkeypatch):
         assert ids(checks.check_broker()) == ["tiktok_tracking.E005"]
     finally:
         app.conf.broker_url = saved
+    assert checks.check_broker() == []
+
+
+def test_no_celery_app_is_reported_even_with_a_broker_url_in_the_environment(monkeypatch):
+    """The README promises E005 for a project without its Celery app; Celery's fallback app
+    then takes CELERY_BROKER_URL from the environment, so a broker URL must not satisfy it."""
+    import celery._state
+
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    # As in a project that never imports its Celery app: Celery creates its fallback app.
+    monkeypatch.setattr(celery._state._tls, "current_app", None)
+    monkeypatch.setattr(celery._state, "default_app", None)
+    from celery import current_app
+
+    assert current_app.conf.broker_url == "redis://127.0.0.1:6379/0"
+    [error] = checks.check_broker()
+    assert error.id == "tiktok_tracking.E005"
+    assert "No Celery app of the project's is loaded" in error.msg
+    assert "__init__.py" in error.hint
+
+
+def test_an_adapter_error_has_a_hint():
+    for path in ("no.such.Adapter", "tiktok_tracking.conf.get"):
+        with tracking(ORDER_ADAPTER=path):
+            [error] = [e for e in checks.check_settings() if e.id == "tiktok_tracking.E004"]
+        assert "subclass of tiktok_tracking.adapters.OrderAdapter" in error.hint
+
+
+def test_a_shop_path_that_resolves_to_the_base_adapter_is_a_warning():
+    # tests.shop.adapters imports OrderAdapter: the README's old example named such a path.
+    with tracking(ORDER_ADAPTER="tests.shop.adapters.OrderAdapter"):
+        [warning] = checks.check_settings()
+    assert warning.id == "tiktok_tracking.W004"
+    assert "'tests.shop.adapters.OrderAdapter' is tiktok_tracking.adapters.OrderAdapter" in (
+        warning.msg
+    )
+    assert warning.hint
+    # The default adapter, named by its own path, and a real subclass are fine.
+    with tracking(ORDER_ADAPTER="tiktok_tracking.adapters.OrderAdapter"):
+        assert checks.check_settings() == []
+    with tracking(ORDER_ADAPTER="tests.shop.adapters.ShopOrderAdapter"):
+        assert checks.check_settings() == []
+
+
+def test_templates_without_the_request_context_processor_are_a_warning(settings):
+    assert checks.check_templates() == []
+    [engine] = settings.TEMPLATES
+    processors = engine["OPTIONS"]["context_processors"]
+    without = [p for p in processors if p != checks.REQUEST_CONTEXT_PROCESSOR]
+    assert len(without) == len(processors) - 1
+    settings.TEMPLATES = [
+        {**engine, "OPTIONS": {**engine["OPTIONS"], "context_processors": without}}
+    ]
+    [warning] = checks.check_templates()
+    assert warning.id == "tiktok_tracking.W006"
+    assert "render only an HTML comment" in warning.msg
+    assert checks.REQUEST_CONTEXT_PROCESSOR in warning.hint
+    # One Django engine with it is enough; other backends do not run the tags.
+    settings.TEMPLATES = [
+        {"BACKEND": "django.template.backends.jinja2.Jinja2", "OPTIONS": {}},
+        {**engine, "OPTIONS": {**engine["OPTIONS"], "context_processors": without}},
+        engine,
+    ]
+    assert checks.check_templates() == []
+
+
+def test_the_template_check_is_registered(settings):
+    from django.core import checks as django_checks
+
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "OPTIONS": {"context_processors": []}}]
+    found = [m.id for m in django_checks.run_checks() if m.id == "tiktok_tracking.W006"]
+    assert found == ["tiktok_tracking.W006"]
 
 
 def test_manage_py_check_fails_on_errors_and_never_prints_the_token(capsys):

@@ -1,10 +1,13 @@
 """Consent: the policy, client ip, the consent endpoint, and the lane/region/state matrix."""
 
+from pathlib import Path
+
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.factories import make_order
 from tiktok_tracking import delivery
 from tiktok_tracking.consent import (
     BROWSER,
@@ -16,9 +19,17 @@ from tiktok_tracking.consent import (
     policy_from_settings,
 )
 from tiktok_tracking.models import ConsentRecord, TrackedEvent
+from tiktok_tracking.signals import payment_completed
 from tiktok_tracking.visitor import client_ip
 
 Status = TrackedEvent.Status
+ROOT = Path(__file__).resolve().parent.parent
+COUNTRY_HEADER_FIX = 'TIKTOK_TRACKING["COUNTRY_HEADER"] = "HTTP_CF_IPCOUNTRY"'
+# Where each page's install steps end: what they must say comes before it.
+INSTALL_STEPS = {
+    ROOT / "README.md": "### At checkout",
+    ROOT / "docs" / "integration.md": "## The order adapter",
+}
 POLICY = ConsentPolicy(
     opt_in_countries=frozenset({"DE", "FR", "GB", "CH"}),
     limited_data_use_countries=frozenset({"US"}),
@@ -228,3 +239,33 @@ def test_consent_matrix(region, state, sandbox):
         assert row.suppressed_reason
         if state == "withdrawn":
             assert row.suppressed_reason.startswith("consent changed before delivery")
+
+
+def test_without_a_country_source_the_first_purchase_is_suppressed_as_the_install_steps_say(
+    db, settings
+):
+    settings.TIKTOK_TRACKING = {
+        **settings.TIKTOK_TRACKING,
+        "ORDER_ADAPTER": "tiktok_tracking.adapters.OrderAdapter",
+        "COUNTRY_RESOLVER": None,
+        "COUNTRY_HEADER": None,
+    }
+    visitor = RequestFactory().get("/checkout/return/", HTTP_CF_IPCOUNTRY="US")
+    payment_completed.send(sender=object, order=make_order(country=None), request=visitor)
+    [row] = TrackedEvent.objects.all()
+    assert row.status == Status.SUPPRESSED
+    for page, end in INSTALL_STEPS.items():
+        text = page.read_text(encoding="utf-8")
+        steps = " ".join(text[: text.index(end)].split())  # prose wraps lines anywhere
+        assert row.suppressed_reason in steps, page.name
+        assert COUNTRY_HEADER_FIX in steps, page.name
+
+    # The documented line is the fix: the same purchase, from a US visitor, is sent.
+    settings.TIKTOK_TRACKING = {**settings.TIKTOK_TRACKING, "COUNTRY_HEADER": "HTTP_CF_IPCOUNTRY"}
+    visitor = RequestFactory().get("/checkout/return/", HTTP_CF_IPCOUNTRY="US")
+    payment_completed.send(
+        sender=object, order=make_order(country=None, order_id=1008), request=visitor
+    )
+    row = TrackedEvent.objects.get(order_id="1008")
+    assert row.status == Status.PENDING
+    assert row.country == "US"

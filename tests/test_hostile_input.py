@@ -1,7 +1,8 @@
 """Hostile input: whatever a shop's order holds, the app sends a valid event or names the field.
 
 Each property runs 1,000 examples. The reference for "valid" is the sandbox's strict
-validator of the Events API (TIKTOK.md), not the app's own idea of it.
+validator of the Events API (tiktok_tracking/sandbox/validation.py), not the app's own idea
+of it.
 """
 
 import json

@@ -2,14 +2,17 @@
 
 import ipaddress
 from collections.abc import Mapping
+from datetime import timedelta
+from decimal import Decimal
 
 from django.apps import apps
 from django.core import checks
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from tiktok_tracking import conf
 from tiktok_tracking.events import is_valid_event_name
-from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
+from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
 from tiktok_tracking.pixels import parse_pixels, site_scoped
 from tiktok_tracking.standards import DEDUP_WINDOW_HOURS, MAX_BATCH_SIZE, PURCHASE_EVENT_NAMES
 
@@ -19,12 +22,26 @@ PIXELS_HINT = (
 )
 
 MIDDLEWARE_PATH = "tiktok_tracking.middleware.TikTokTrackingMiddleware"
+BASE_ADAPTER_PATH = "tiktok_tracking.adapters.OrderAdapter"
+REQUEST_CONTEXT_PROCESSOR = "django.template.context_processors.request"
+DJANGO_TEMPLATES = "django.template.backends.django.DjangoTemplates"
+ADAPTER_HINT = (
+    "Point it at your subclass of tiktok_tracking.adapters.OrderAdapter, e.g. "
+    "'shop.tracking.ShopOrderAdapter', or leave it unset for the default adapter."
+)
+# What an order's lines may differ from its value by before tiktok_check calls them wrong: a
+# cent per line, for unit prices rounded from a line total.
+CONTENTS_MARGIN_PER_LINE = Decimal("0.01")
+# How many of the latest paid orders tiktok_check reads through the adapter.
+RECENT_ORDERS = 5
+RECENT_ORDERS_DAYS = 30
 
 
 def register():
     checks.register(check_settings, checks.Tags.compatibility)
     checks.register(check_consent_settings, checks.Tags.compatibility)
     checks.register(check_broker, checks.Tags.compatibility)
+    checks.register(check_templates, checks.Tags.compatibility)
 
 
 def _error(id_, msg, hint=None, warning=False):
@@ -47,24 +64,7 @@ def check_settings(app_configs=None, **kwargs):
                 hint="Use 'Purchase' (or the legacy 'CompletePayment').",
             )
         )
-    adapter_path = conf.get("ORDER_ADAPTER")
-    try:
-        adapter = import_string(adapter_path)
-    except ImportError as exc:
-        errors.append(
-            _error("E004", f"{conf.SETTING_NAME}['ORDER_ADAPTER'] cannot be imported: {exc}")
-        )
-    else:
-        from tiktok_tracking.adapters import OrderAdapter
-
-        if not (isinstance(adapter, type) and issubclass(adapter, OrderAdapter)):
-            errors.append(
-                _error(
-                    "E004",
-                    f"{conf.SETTING_NAME}['ORDER_ADAPTER'] = {adapter_path!r} "
-                    "is not a subclass of tiktok_tracking.adapters.OrderAdapter.",
-                )
-            )
+    errors.extend(_check_adapter())
     errors.extend(_check_numbers())
     errors.extend(_check_paid_orders())
     errors.extend(_check_funnel_events())
@@ -90,6 +90,123 @@ def check_settings(app_configs=None, **kwargs):
             )
         )
     return errors
+
+
+def _check_adapter():
+    """E004 an adapter that cannot be imported or is no OrderAdapter; W004 a shop's own path
+    that resolves to the base class itself (``shop.tracking.OrderAdapter``, where the module
+    only imports it): the base class then reads the shop's orders, and nothing says so."""
+    from tiktok_tracking.adapters import OrderAdapter
+
+    adapter_path = conf.get("ORDER_ADAPTER")
+    setting = f"{conf.SETTING_NAME}['ORDER_ADAPTER']"
+    try:
+        adapter = import_string(adapter_path)
+    except ImportError as exc:
+        return [_error("E004", f"{setting} cannot be imported: {exc}", hint=ADAPTER_HINT)]
+    if not (isinstance(adapter, type) and issubclass(adapter, OrderAdapter)):
+        return [
+            _error(
+                "E004",
+                f"{setting} = {adapter_path!r} is not a subclass of {BASE_ADAPTER_PATH}.",
+                hint=ADAPTER_HINT,
+            )
+        ]
+    if adapter is OrderAdapter and adapter_path != BASE_ADAPTER_PATH:
+        return [
+            _error(
+                "W004",
+                f"{setting} = {adapter_path!r} is {BASE_ADAPTER_PATH} itself, imported there, "
+                "not a subclass: your adapter's methods are never called.",
+                hint="Name the class you defined (e.g. 'shop.tracking.ShopOrderAdapter'), not "
+                "the base class it subclasses.",
+                warning=True,
+            )
+        ]
+    return []
+
+
+def check_templates(app_configs=None, **kwargs):
+    """W006: the template tags read the request from the context; without Django's request
+    context processor every tag renders only an HTML comment."""
+    from django.conf import settings
+
+    engines = [
+        engine
+        for engine in getattr(settings, "TEMPLATES", ())
+        if engine.get("BACKEND") == DJANGO_TEMPLATES
+    ]
+    if not engines or any(
+        REQUEST_CONTEXT_PROCESSOR in engine.get("OPTIONS", {}).get("context_processors", ())
+        for engine in engines
+    ):
+        return []
+    return [
+        _error(
+            "W006",
+            f"{REQUEST_CONTEXT_PROCESSOR} is not in any DjangoTemplates engine's "
+            "context_processors: {% tiktok_pixel %}, {% tiktok_track %} and "
+            "{% tiktok_purchase %} find no request and render only an HTML comment.",
+            hint=f"Add '{REQUEST_CONTEXT_PROCESSOR}' to TEMPLATES[...]['OPTIONS']"
+            "['context_processors'].",
+            warning=True,
+        )
+    ]
+
+
+def check_recent_orders(limit=RECENT_ORDERS, now=None):
+    """W005, run by ``tiktok_check`` only (it reads the shop's orders): the latest paid orders
+    read through ``ORDER_ADAPTER`` have contents whose price x quantity adds up to their value.
+
+    An adapter that reads a line total as the unit price, or misses the quantity, sends every
+    order's lines wrong while each value on its own looks fine. Shipping, fees and order-level
+    discounts also make the two differ; the message says by how much, so a shop can tell.
+    """
+    from django.db.models import QuerySet
+
+    from tiktok_tracking.adapters import clean_contents, clean_value, configured_adapter_class
+    from tiktok_tracking.reconcile import paid_orders_source
+
+    try:
+        source = paid_orders_source()
+        adapter_class = configured_adapter_class()
+    except Exception:
+        return []  # E004 and E016 report these
+    if source is None:
+        return []
+    now = now or timezone.now()
+    orders = source(now - timedelta(days=RECENT_ORDERS_DAYS), now)
+    if isinstance(orders, QuerySet) and not orders.query.is_sliced:
+        orders = orders.order_by("-pk")[:limit]
+    else:
+        orders = list(orders)[-limit:]
+    messages = []
+    for order in orders:
+        adapter = adapter_class(order)
+        try:
+            order_id = adapter.order_id()
+            value = clean_value(adapter.value())
+            contents = clean_contents(adapter.contents())
+        except InvalidOrderData:
+            # The receiver records such an order as failed, with the reason.
+            continue
+        if not contents:
+            continue
+        lines_total = sum(item["price"] * item["quantity"] for item in contents)
+        margin = CONTENTS_MARGIN_PER_LINE * len(contents)
+        if abs(lines_total - value) > margin:
+            messages.append(
+                _error(
+                    "W005",
+                    f"Order {order_id}: its contents add up to {lines_total} (price x quantity "
+                    f"of {len(contents)} line(s)), its value is {value}, read through "
+                    f"{conf.SETTING_NAME}['ORDER_ADAPTER'] = {conf.get('ORDER_ADAPTER')!r}.",
+                    hint="contents() must give each line's unit price and quantity; unless "
+                    "shipping, fees or discounts explain the difference, fix the adapter.",
+                    warning=True,
+                )
+            )
+    return messages
 
 
 def _check_pixels(user):
@@ -345,15 +462,41 @@ def check_consent_settings(app_configs=None, **kwargs):
 
 
 def check_broker(app_configs=None, **kwargs):
+    """E005: the process publishes through the project's Celery app, and that app has a broker.
+
+    Without an app of the project's, Celery falls back to an app of its own that reads none of
+    the ``CELERY_*`` settings, yet takes ``CELERY_BROKER_URL`` from the environment: a broker URL
+    alone therefore proves nothing.
+    """
     from celery import current_app
 
-    if not current_app.conf.broker_url:
+    app = current_app._get_current_object()
+    hint = (
+        "Load your Celery app in your project's __init__.py (see the README's Celery app) and "
+        "set CELERY_BROKER_URL."
+    )
+    if _is_celery_fallback_app(app):
+        return [
+            _error(
+                "E005",
+                "No Celery app of the project's is loaded: Celery's fallback app would publish "
+                "the purchase events, ignoring the CELERY_* settings, and a worker started with "
+                "celery -A yourproject would not share its configuration.",
+                hint=hint,
+            )
+        ]
+    if not app.conf.broker_url:
         return [
             _error(
                 "E005",
                 "No Celery broker is configured: purchase events would never be delivered.",
-                hint="Load your Celery app in your project's __init__.py and set "
-                "CELERY_BROKER_URL (see the README).",
+                hint=hint,
             )
         ]
     return []
+
+
+def _is_celery_fallback_app(app):
+    """Whether ``app`` is the one Celery creates when nothing else was: named "default", and
+    without the fixups (Django's among them) every app a project creates gets."""
+    return app.main == "default" and not app.fixups

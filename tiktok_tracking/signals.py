@@ -3,7 +3,8 @@
 from django.dispatch import Signal
 
 # Sent by the shop: payment_completed.send(sender=Order, order=order, request=request_or_None,
-# event_id_suffix=None). The suffix distinguishes a second charge on one order (upsell, renewal).
+# charge=None, event_id_suffix=None). A charge (tiktok_tracking.charges.upsell/renewal), or the
+# older bare suffix, distinguishes a second charge on one order (upsell, renewal).
 payment_completed = Signal()
 
 # Sent by the shop when an order is refunded or cancelled: order_refunded.send(sender=Order,

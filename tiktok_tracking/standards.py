@@ -1,6 +1,7 @@
 """Codes and names defined by TikTok and ISO, shared by the app and the sandbox (no Django here)."""
 
-# Events API response codes (TIKTOK.md): errors arrive as HTTP 200 with one of these.
+# Events API response codes (docs/troubleshooting.md, "TikTok's answers"): errors arrive as HTTP
+# 200 with one of these.
 CODE_OK = 0
 # Some events accepted (unverified: RudderStack counts it as success).
 CODE_PARTIAL_SUCCESS = 20001

@@ -5,10 +5,14 @@ import json
 import logging
 import re
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from django.apps import AppConfig
+from django.apps.registry import Apps
 from django.contrib.auth.models import Permission
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import reverse
 from oscar.apps.checkout.signals import post_checkout
@@ -33,6 +37,7 @@ SHOPPER_IP = "203.0.113.7"
 SHOPPER_AGENT = "Mozilla/5.0 (shopper)"
 STAFF_IP = "198.51.100.9"
 POSTCODES = {"US": "94105", "DE": "10115"}
+OSCAR_PAGE = Path(__file__).resolve().parents[2] / "docs/integrations/oscar.md"
 
 
 def sha256(text):
@@ -357,6 +362,35 @@ def test_system_check_warns_about_a_paid_status_oscar_does_not_have(deferred_pay
     assert oscar_warnings() == []
     deferred_payment(paid_statuses=["paid"])
     assert oscar_warnings() == ["tiktok_tracking.oscar.W002"]
+
+
+def test_system_check_warns_about_paid_statuses_under_oscar_s_empty_default_pipeline(
+    deferred_payment, settings
+):
+    # Oscar's default: no pipeline, so set_status() refuses every change and no order is paid.
+    settings.OSCAR_ORDER_STATUS_PIPELINE = {}
+    deferred_payment(paid_statuses=["Paid"])
+    [warning] = [m for m in checks.run_checks() if m.id == "tiktok_tracking.oscar.W002"]
+    assert "OSCAR_ORDER_STATUS_PIPELINE is empty" in warning.msg
+    assert "OSCAR_ORDER_STATUS_PIPELINE" in warning.hint
+    # An order placed already paid needs no pipeline: it is sent when it is placed.
+    settings.OSCAR_INITIAL_ORDER_STATUS = "Paid"
+    assert oscar_warnings() == []
+    # Paid when placed (the default rule) names no status, so there is nothing to warn about.
+    settings.OSCAR_INITIAL_ORDER_STATUS = "Pending"
+    deferred_payment()
+    assert oscar_warnings() == []
+
+
+def test_the_module_path_alone_stops_django_as_the_docs_say():
+    # Only the app registry's first phase runs: it fails on the labels before any ready().
+    with pytest.raises(ImproperlyConfigured) as info:
+        Apps(installed_apps=["oscar.config.Shop", "tiktok_tracking.integrations.oscar"])
+    assert str(info.value) == "Application labels aren't unique, duplicates: oscar"
+    assert f"ImproperlyConfigured: {info.value}" in OSCAR_PAGE.read_text(encoding="utf-8")
+    documented = AppConfig.create("tiktok_tracking.integrations.oscar.TikTokOscarConfig")
+    assert isinstance(documented, integration.TikTokOscarConfig)
+    assert documented.label == "tiktok_tracking_oscar"
 
 
 @pytest.mark.parametrize("statuses", ["Paid", None, ["Paid", ""], [1]])

@@ -1,4 +1,4 @@
-"""The sandbox's request validation, rule by rule, against TIKTOK.md's wire format."""
+"""The sandbox's request validation, rule by rule, against the Events API's v1.3 wire format."""
 
 import copy
 import hashlib
@@ -36,7 +36,7 @@ def sha256(value):
 
 
 def valid_body():
-    """TIKTOK.md's example body, hashed properly and timed just before NOW."""
+    """A valid v1.3 request body, hashed properly and timed just before NOW."""
     return {
         "event_source": "web",
         "event_source_id": PIXEL,

@@ -399,19 +399,41 @@ def check_oscar_integration(app_configs=None, **kwargs):
                 id="tiktok_tracking.oscar.W001",
             )
         )
-    pipeline = getattr(settings, "OSCAR_ORDER_STATUS_PIPELINE", None) or {}
-    known = set(pipeline) | {status for targets in pipeline.values() for status in targets}
-    unknown = sorted(_rule.paid_statuses - known) if known else []
-    if unknown:
-        # Statuses are compared exactly: a typo ("paid") would silently send no purchase at all.
-        messages.append(
-            checks.Warning(
-                f"paid_statuses names statuses oscar's pipeline does not have: {unknown}.",
-                hint="Use the statuses of OSCAR_ORDER_STATUS_PIPELINE, spelled alike.",
-                id="tiktok_tracking.oscar.W002",
-            )
-        )
+    messages.extend(_check_paid_statuses(settings))
     return messages
+
+
+def _check_paid_statuses(settings):
+    """W002: a paid status no order can ever be in, so that no purchase is ever sent for it.
+
+    An order starts in ``OSCAR_INITIAL_ORDER_STATUS`` and ``set_status()`` moves it only along
+    ``OSCAR_ORDER_STATUS_PIPELINE``; oscar's default pipeline is empty, and then no order ever
+    leaves its first status.
+    """
+    if not _rule.paid_statuses:
+        return []
+    pipeline = getattr(settings, "OSCAR_ORDER_STATUS_PIPELINE", None) or {}
+    reachable = set(pipeline) | {status for targets in pipeline.values() for status in targets}
+    initial = getattr(settings, "OSCAR_INITIAL_ORDER_STATUS", None)
+    if initial:
+        reachable.add(initial)
+    unknown = sorted(_rule.paid_statuses - reachable)
+    if not unknown:
+        return []
+    if not pipeline:
+        message = (
+            f"paid_statuses names {unknown}, but OSCAR_ORDER_STATUS_PIPELINE is empty (oscar's "
+            "default): set_status() moves no order anywhere, so none is ever paid."
+        )
+        hint = (
+            "Define OSCAR_ORDER_STATUS_PIPELINE with the statuses your orders move through, "
+            'e.g. {"Pending": ("Paid", "Cancelled"), "Paid": ("Shipped",), ...}.'
+        )
+    else:
+        # Statuses are compared exactly: a typo ("paid") would silently send no purchase at all.
+        message = f"paid_statuses names statuses oscar's pipeline does not have: {unknown}."
+        hint = "Use the statuses of OSCAR_ORDER_STATUS_PIPELINE, spelled alike."
+    return [checks.Warning(message, hint=hint, id="tiktok_tracking.oscar.W002")]
 
 
 class TikTokOscarConfig(AppConfig):
