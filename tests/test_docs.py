@@ -922,3 +922,9 @@ def test_check_table_rows_are_read(tmp_path):
         "| `tiktok_tracking.oscar.W002` | warning |\n`tiktok_tracking.E099` in prose\n"
     )
     assert check_table_ids(page) == {"tiktok_tracking.E001", "tiktok_tracking.oscar.W002"}
+
+
+def test_the_testing_page_shows_the_example_test_ci_runs():
+    example = (ROOT / "tests" / "test_shop_example.py").read_text(encoding="utf-8")
+    blocks = [block.text for block in read_page(DOCS / "testing.md").blocks]
+    assert example in blocks, "docs/testing.md must show tests/test_shop_example.py verbatim"

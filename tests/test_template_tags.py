@@ -18,13 +18,13 @@ from tiktok_tracking.hashing import hash_email, hash_external_id, hash_phone
 from tiktok_tracking.receipts import read_receipt_token
 from tiktok_tracking.script_json import script_json
 from tiktok_tracking.templatetags.tiktok_tracking import comment_text
+from tiktok_tracking.testing import script_calls as call_arguments
 from tiktok_tracking.visitor import CONSENT_COOKIE, get_visitor, set_consent_cookie
 
 PIXEL_ID = "CTESTPIXEL0001"
 SCRIPT_BODY = re.compile(r"<script\b[^>]*>(.*?)</script>", re.IGNORECASE | re.DOTALL)
 CONFIG_ARGUMENT = re.compile(r"\n\}\((\{.*\})\)\);\n</script>")
 RANDOM_EVENT_ID = re.compile(r"evt_[0-9a-f]{32}")
-_decoder = json.JSONDecoder()
 
 
 # Helpers (test_xss.py uses them too) ----------------------------------------------------------
@@ -53,30 +53,6 @@ def render(source, request, **context):
 
 def script_bodies(html):
     return SCRIPT_BODY.findall(html)
-
-
-def call_arguments(html, callee):
-    """The JSON arguments of every ``callee(...)`` call in ``html``, decoded, in page order."""
-    calls = []
-    for match in re.finditer(re.escape(callee) + r"\(", html):
-        position, arguments = match.end(), []
-        while True:
-            position = _skip_space(html, position)
-            if html[position] == ")":
-                break
-            value, position = _decoder.raw_decode(html, position)
-            arguments.append(value)
-            position = _skip_space(html, position)
-            if html[position] == ",":
-                position += 1
-        calls.append(arguments)
-    return calls
-
-
-def _skip_space(text, position):
-    while text[position].isspace():
-        position += 1
-    return position
 
 
 def pixel_config(html):

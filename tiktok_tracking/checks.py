@@ -65,6 +65,7 @@ def check_settings(app_configs=None, **kwargs):
             )
         )
     errors.extend(_check_adapter())
+    errors.extend(_check_events_api_client())
     errors.extend(_check_numbers())
     errors.extend(_check_paid_orders())
     errors.extend(_check_funnel_events())
@@ -121,6 +122,34 @@ def _check_adapter():
                 hint="Name the class you defined (e.g. 'shop.tracking.ShopOrderAdapter'), not "
                 "the base class it subclasses.",
                 warning=True,
+            )
+        ]
+    return []
+
+
+def _check_events_api_client():
+    """E020: EVENTS_API_CLIENT names a class with what delivery calls on a client."""
+    path = conf.get("EVENTS_API_CLIENT")
+    setting = f"{conf.SETTING_NAME}['EVENTS_API_CLIENT']"
+    hint = (
+        "Leave it unset (tiktok_tracking.client.EventsApiClient), or in tests set "
+        "'tiktok_tracking.testing.RecordingClient'."
+    )
+    try:
+        client_class = import_string(path)
+    except ImportError as exc:
+        return [_error("E020", f"{setting} cannot be imported: {exc}", hint=hint)]
+    missing = [
+        name
+        for name in ("from_settings", "send", "send_encoded", "close")
+        if not callable(getattr(client_class, name, None))
+    ]
+    if missing:
+        return [
+            _error(
+                "E020",
+                f"{setting} = {path!r} has no {', '.join(missing)}: delivery cannot use it.",
+                hint=hint,
             )
         ]
     return []

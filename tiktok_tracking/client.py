@@ -433,3 +433,10 @@ class EventsApiClient:
 
     def close(self):
         self.session.close()
+
+
+def configured_client(**kwargs):
+    """A client of the class EVENTS_API_CLIENT names, from the settings."""
+    from django.utils.module_loading import import_string
+
+    return import_string(conf.get("EVENTS_API_CLIENT")).from_settings(**kwargs)

@@ -79,6 +79,9 @@ DEFAULTS = {
     # (since, until) -> iterable of orders, each read through ORDER_ADAPTER. Only the shop knows
     # which orders were paid; without it the command reports recorded purchases only.
     "PAID_ORDERS": None,
+    # What talks to the Events API: a dotted path to a class like client.EventsApiClient. A
+    # shop's tests set "tiktok_tracking.testing.RecordingClient" to record instead of send.
+    "EVENTS_API_CLIENT": "tiktok_tracking.client.EventsApiClient",
     # Rule readiness (tiktok_health): MARKETS groups countries ({"DACH": ["DE", "AT", "CH"]};
     # a country in no group is a market of its own), WINDOW_DAYS is the window (1, 7 or 30)
     # a market's verdict is read from, and the thresholds of the verdict rules, by name

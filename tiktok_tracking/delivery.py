@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from tiktok_tracking import conf, sql
-from tiktok_tracking.client import DELIVERED, PERMANENT, TRANSIENT, EventsApiClient, Outcome
+from tiktok_tracking.client import DELIVERED, PERMANENT, TRANSIENT, Outcome, configured_client
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.events import compact_json, encode_request_body
 from tiktok_tracking.models import (
@@ -184,7 +184,7 @@ def deliver_due_events(*, client=None, batch_size=None, max_seconds=None):
     database work and TikTok's answer time overlap instead of adding up.
     """
     own_client = client is None
-    client = client or EventsApiClient.from_settings()
+    client = client or configured_client()
     batch_size = int(batch_size or conf.get("BATCH_SIZE"))
     max_seconds = conf.get("DRAIN_SECONDS") if max_seconds is None else max_seconds
     deadline = time.monotonic() + max_seconds

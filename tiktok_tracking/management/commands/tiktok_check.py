@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from tiktok_tracking import __version__, conf
 from tiktok_tracking.checks import check_recent_orders
-from tiktok_tracking.client import DELIVERED, TRANSIENT, EventsApiClient
+from tiktok_tracking.client import DELIVERED, TRANSIENT, configured_client
 from tiktok_tracking.events import BrowserContext, OrderFacts, build_event, build_request_body
 from tiktok_tracking.exceptions import TikTokTrackingImproperlyConfigured
 from tiktok_tracking.hashing import hash_external_id
@@ -232,7 +232,7 @@ class Command(BaseCommand):
             event_name=conf.get("PURCHASE_EVENT"),
             partner_name=conf.get("PARTNER_NAME") or None,
         )
-        client = EventsApiClient.from_settings()
+        client = configured_client()
         try:
             outcome = client.send(body, pixel.access_token)
         finally:
