@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.parse
 import urllib.request
@@ -654,3 +655,66 @@ def test_tiktok_check_sends_a_test_event_to_the_sandbox(shop, sandbox):
     ]
     assert len(events) == 1, events
     assert events[0]["event_id"] in result.stdout
+
+
+# The release build ----------------------------------------------------------------------------
+
+
+def test_python_m_build_makes_an_sdist_and_a_wheel_that_twine_accepts(tmp_path):
+    """What `make dist` does before a release: both archives, checked as PyPI would; the wheel
+    built from the sdist alone holds what the one built from the checkout holds."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=_not_built_from, symlinks=True)
+    env = session_free_environment()
+    result = run(
+        [sys.executable, "-m", "build", "--outdir", tmp_path / "dist", source],
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+        ok=False,
+    )
+    if result.returncode != 0 and INDEX_UNREACHABLE.search(result.stdout + result.stderr):
+        pytest.skip("python -m build: the package index cannot be reached")
+    assert result.returncode == 0, _show(["python", "-m", "build"], result.stdout, result.stderr)
+    version = tiktok_tracking.__version__
+    stem = DIST_NAME.replace("-", "_")
+    sdist = tmp_path / "dist" / f"{stem}-{version}.tar.gz"
+    wheel_path = tmp_path / "dist" / f"{stem}-{version}-py3-none-any.whl"
+    assert sdist.exists() and wheel_path.exists(), sorted((tmp_path / "dist").iterdir())
+    run(
+        [sys.executable, "-m", "twine", "check", "--strict", sdist, wheel_path],
+        cwd=tmp_path,
+        env=env,
+    )
+    with tarfile.open(sdist) as archive:
+        in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for needed in ("LICENSE", "README.md", "pyproject.toml", "CHANGELOG.md"):
+        assert needed in in_sdist, f"{needed} missing from {sdist.name}"
+    with zipfile.ZipFile(wheel_path) as archive:
+        in_wheel = {name for name in archive.namelist() if name.startswith(f"{PACKAGE}/")}
+    missing = sorted(_package_files() - in_wheel)
+    assert not missing, f"Files of {PACKAGE}/ missing from {wheel_path.name}: {missing}"
+
+
+CHANGELOG_VERSION = re.compile(r"^## (?P<version>\d+\.\d+\.\d+) - (?P<date>\d{4}-\d{2}-\d{2})$")
+
+
+def test_the_changelog_has_a_section_per_version_newest_first():
+    """docs/releasing.md: changes gather under "Unreleased"; a release renames that section to
+    its version and date, the one __version__ names."""
+    headings = [
+        line
+        for line in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("## ")
+    ]
+    unreleased = bool(headings) and headings[0] == "## Unreleased"
+    released = []
+    for heading in headings[1:] if unreleased else headings:
+        match = CHANGELOG_VERSION.match(heading)
+        assert match, f"CHANGELOG.md: {heading!r} is not '## X.Y.Z - YYYY-MM-DD'"
+        released.append((tuple(map(int, match["version"].split("."))), match["date"]))
+    assert unreleased or released, "CHANGELOG.md has no section"
+    assert released == sorted(released, reverse=True), "versions must come newest first"
+    if not unreleased:
+        # Released: the package says the version its newest section names.
+        assert headings[0].startswith(f"## {tiktok_tracking.__version__} - "), headings[0]
