@@ -114,6 +114,8 @@ def test_missing_broker_is_reported(monkeypatch):
         app.conf.broker_url = saved
 
 
+# Django 6.1's check command runs the database checks too unless told which databases.
+@pytest.mark.django_db
 def test_manage_py_check_fails_on_errors_and_never_prints_the_token(capsys):
     with tracking(PIXEL_ID=None), pytest.raises(SystemCheckError) as info:
         call_command("check")
