@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format sandbox demo bench soak audit clean
+.PHONY: test lint format matrix sandbox demo bench soak audit clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m pytest --ds tests.oscar_shop.settings tests/oscar_shop
+
+# The support matrix (docs/support.md): the core suite on each supported Django and on the
+# declared floors, each cell in a virtualenv of its own under .nox/. NOX_ARGS picks cells,
+# e.g. NOX_ARGS='-s lowest'.
+matrix: $(STAMP)
+	$(BIN)/nox $(NOX_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -62,4 +68,4 @@ audit:
 	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip -r requirements.txt
 
 clean:
-	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AUDIT_VENV) .nox .pytest_cache .ruff_cache .hypothesis
