@@ -88,9 +88,11 @@ def _pyenv_versions():
     if os.environ.get("PYENV_VERSION") or not pyenv:
         return
     try:
-        current = subprocess.run(
-            [pyenv, "version-name"], capture_output=True, text=True, check=True
-        ).stdout.split(":")
+        current = (
+            subprocess.run([pyenv, "version-name"], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .split(":")
+        )
         installed = subprocess.run(
             [pyenv, "versions", "--bare", "--skip-aliases"],
             capture_output=True,
@@ -100,7 +102,7 @@ def _pyenv_versions():
     except (OSError, subprocess.CalledProcessError):
         return
     others = [v for v in installed if re.fullmatch(r"3\.\d+\.\d+", v) and v not in current]
-    os.environ["PYENV_VERSION"] = ":".join([v.strip() for v in current] + others)
+    os.environ["PYENV_VERSION"] = ":".join(current + others)
 
 
 _pyenv_versions()
