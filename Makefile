@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format sandbox demo bench soak audit clean dist
+.PHONY: test lint format matrix sandbox demo bench soak audit clean dist
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m pytest --ds tests.oscar_shop.settings tests/oscar_shop
+
+# The support matrix (docs/support.md): the core suite on each supported Django and on the
+# declared floors, each cell in a virtualenv of its own under .nox/. NOX_ARGS picks cells,
+# e.g. NOX_ARGS='-s lowest'.
+matrix: $(STAMP)
+	$(BIN)/nox $(NOX_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -68,4 +74,4 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AUDIT_VENV) .nox .pytest_cache .ruff_cache .hypothesis

@@ -55,7 +55,7 @@ def test_upsells_and_renewals_have_conventional_suffixes():
     assert upsell(1, "19.00").suffix == "upsell_1"
     assert renewal(3, "9.99").suffix == "renewal_3"
     assert renewal(datetime.date(2026, 12, 1), "9.99").suffix == "renewal_2026-12-01"
-    moment = datetime.datetime(2027, 1, 1, 8, 30, tzinfo=datetime.UTC)
+    moment = datetime.datetime(2027, 1, 1, 8, 30, tzinfo=datetime.timezone.utc)
     assert renewal(moment, "9.99").suffix == "renewal_2027-01-01"
     for bad in (0, -1, True, "2", 1.5):
         with pytest.raises(InvalidOrderData, match="must be a positive integer"):

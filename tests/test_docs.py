@@ -507,18 +507,28 @@ def release_tuple(version):
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
-def extra_lower_bound_problem(requirement, pinned):
-    """Why ``requirement`` (``"django-payments>=4.1"``) promises more than the suite tests
-    against ``pinned`` (the version requirements.txt installs), or None."""
+def extra_lower_bound_problem(requirement, tested):
+    """Why ``requirement`` (``"django-payments>=3.1"``) promises more than the suite tests, or
+    None: its lower bound must be, to the minor version, the oldest of the ``tested`` versions
+    (requirements.txt's pin and the support matrix's cells), and the newest must satisfy it."""
     match = re.fullmatch(r"\s*[A-Za-z0-9_.-]+\s*>=\s*(?P<low>[\w.]+)(?:\s*,.*)?", requirement)
     if match is None:
         return f"{requirement}: no lower bound"
-    low, tested = release_tuple(match["low"]), release_tuple(pinned)
-    if low > tested:
-        return f"{requirement}: above the tested {pinned}"
-    if low[0] != tested[0]:
-        return f"{requirement}: allows releases before {tested[0]}.x, which nothing tests"
+    low = release_tuple(match["low"])
+    oldest, newest = min(tested, key=release_tuple), max(tested, key=release_tuple)
+    if low > release_tuple(newest):
+        return f"{requirement}: above the tested {newest}"
+    if low[:2] < release_tuple(oldest)[:2]:
+        return f"{requirement}: allows releases before {oldest}, which nothing tests"
+    if low[:2] > release_tuple(oldest)[:2]:
+        return f"{requirement}: the tested {oldest} is below it"
     return None
+
+
+def matrix_versions(name):
+    """The versions of ``name`` the support matrix's cells pin (noxfile.py)."""
+    text = (ROOT / "noxfile.py").read_text(encoding="utf-8")
+    return re.findall(rf'"{re.escape(name)}(?:\[[^\]]*\])?==(?P<version>[\w.]+)"', text)
 
 
 # --- Examples that run on their own -------------------------------------------------------------
@@ -704,7 +714,8 @@ def test_integration_extras_ask_for_releases_the_suite_tests():
     for extra in ("payments", "oscar"):
         for requirement in extras[extra]:
             name = re.split(r"[\s<>=!~\[]", requirement, maxsplit=1)[0].lower()
-            problem = extra_lower_bound_problem(requirement, pins[name])
+            tested = [pins[name], *matrix_versions(name)]
+            problem = extra_lower_bound_problem(requirement, tested)
             if problem:
                 problems.append(f"[{extra}] {problem}")
     assert not problems
@@ -904,15 +915,19 @@ def test_an_undocumented_receiver_argument_is_found():
 
 
 def test_extras_below_the_tested_release_are_reported():
-    assert extra_lower_bound_problem("django-payments>=4.1", "4.1.0") is None
-    assert extra_lower_bound_problem("django-oscar>=4.2", "4.2.1") is None
-    assert extra_lower_bound_problem("django-payments>=2.1", "4.1.0") == (
-        "django-payments>=2.1: allows releases before 4.x, which nothing tests"
+    assert extra_lower_bound_problem("django-payments>=3.1", ["4.1.0", "3.1.0"]) is None
+    assert extra_lower_bound_problem("django-oscar>=4.2", ["4.2.1"]) is None
+    assert extra_lower_bound_problem("django-payments>=2.1", ["4.1.0", "3.1.0"]) == (
+        "django-payments>=2.1: allows releases before 3.1.0, which nothing tests"
     )
-    assert extra_lower_bound_problem("django-payments>=4.2", "4.1.0") == (
+    assert extra_lower_bound_problem("django-payments>=4.1", ["4.1.0", "3.1.0"]) == (
+        "django-payments>=4.1: the tested 3.1.0 is below it"
+    )
+    assert extra_lower_bound_problem("django-payments>=4.2", ["4.1.0"]) == (
         "django-payments>=4.2: above the tested 4.1.0"
     )
-    assert extra_lower_bound_problem("django-payments", "4.1.0") is not None
+    assert extra_lower_bound_problem("django-payments", ["4.1.0"]) is not None
+    assert matrix_versions("django-payments") == ["3.1.0"]
 
 
 def test_check_table_rows_are_read(tmp_path):

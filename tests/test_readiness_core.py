@@ -1,7 +1,7 @@
 """Rule readiness, the pure core: match quality scores, markets, and each verdict path."""
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -18,7 +18,7 @@ from tiktok_tracking.readiness.verdict import (
     judge,
 )
 
-NOW = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+NOW = datetime(2026, 12, 4, 18, 0, tzinfo=timezone.utc)
 
 
 def figures(**overrides):
@@ -120,7 +120,7 @@ def test_below_the_sample_size_the_verdict_is_insufficient_data_never_ready():
 
 def test_a_market_whose_pixel_receipts_stop_is_not_ready_with_that_reason():
     silent = figures(
-        last_receipt_at=datetime(2026, 12, 4, 14, 2, tzinfo=UTC),
+        last_receipt_at=datetime(2026, 12, 4, 14, 2, tzinfo=timezone.utc),
         server_orders_since_last_receipt=9,
     )
     verdict = judge(silent)
