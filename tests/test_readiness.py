@@ -27,6 +27,7 @@ from tiktok_tracking.readiness.verdict import (
 from tiktok_tracking.signals import order_refunded
 
 Status = TrackedEvent.Status
+HOUR = timedelta(hours=1)
 
 
 def purchases(count, *, prefix, country="US", hours_ago=0.5, status=Status.DELIVERED, **fields):
@@ -146,7 +147,9 @@ def test_paid_orders_from_the_shop_are_the_base_of_coverage():
 @pytest.mark.django_db
 def test_markets_group_countries_and_closed_days_come_from_the_rollups():
     purchases(10, prefix="de", country="DE", hours_ago=72)
-    purchases(10, prefix="at", country="AT", hours_ago=0.1)
+    # Today's, even in the first minutes after midnight: the 1-day window is the calendar day.
+    since_midnight = timezone.now() - rollups.day_bounds(timezone.localdate())[0]
+    purchases(10, prefix="at", country="AT", hours_ago=min(0.1, since_midnight / HOUR / 2))
     rollups.refresh_rollups()
     with tracking(READINESS={"MARKETS": {"DACH": ["DE", "AT", "CH"]}}):
         collected = readiness_figures.collect()
