@@ -136,27 +136,33 @@ def outbox_facts(names, now):
     return oldest, latencies, last_receipt, unseen
 
 
+def count_by_country_and_day(rows, counts):
+    """Add the event ``rows`` to ``counts`` by ``(country, day created)``, in one query."""
+    grouped = (
+        rows.annotate(day=TruncDate("created_at"))
+        .values("country", "day")
+        .annotate(count=Count("pk"))
+        .values_list("country", "day", "count")
+        .order_by()
+    )
+    for country, day, count in grouped:
+        counts[(country_of(country), day)] += count
+    return counts
+
+
 def late_resends(first_day, names):
     """``{(country, day): purchases}`` the server lane delivered after TikTok's dedup window
     while the pixel had reported them: TikTok counts each twice. One query per table."""
     late = Counter()
     for model in EVENT_TABLES:
-        rows = (
-            model.objects.filter(
-                event__in=names,
-                created_at__gte=day_bounds(first_day)[0],
-                status=Status.DELIVERED,
-                browser_seen_at__isnull=False,
-                delivered_at__gt=F("event_time") + timedelta(hours=DEDUP_WINDOW_HOURS),
-            )
-            .annotate(day=TruncDate("created_at"))
-            .values("country", "day")
-            .annotate(count=Count("pk"))
-            .values_list("country", "day", "count")
-            .order_by()
+        rows = model.objects.filter(
+            event__in=names,
+            created_at__gte=day_bounds(first_day)[0],
+            status=Status.DELIVERED,
+            browser_seen_at__isnull=False,
+            delivered_at__gt=F("event_time") + timedelta(hours=DEDUP_WINDOW_HOURS),
         )
-        for country, day, count in rows:
-            late[(country_of(country), day)] += count
+        count_by_country_and_day(rows, late)
     return late
 
 
@@ -175,21 +181,12 @@ def unmergeable(first_day, names):
                 event__in=sorted(names - {name}),
                 event_id=OuterRef("event_id"),
             )
-            rows = (
-                model.objects.filter(
-                    event=name,
-                    created_at__gte=day_bounds(first_day)[0],
-                    browser_seen_at__isnull=True,
-                )
-                .filter(Exists(reported_otherwise))
-                .annotate(day=TruncDate("created_at"))
-                .values("country", "day")
-                .annotate(count=Count("pk"))
-                .values_list("country", "day", "count")
-                .order_by()
-            )
-            for country, day, count in rows:
-                counts[(country_of(country), day)] += count
+            rows = model.objects.filter(
+                event=name,
+                created_at__gte=day_bounds(first_day)[0],
+                browser_seen_at__isnull=True,
+            ).filter(Exists(reported_otherwise))
+            count_by_country_and_day(rows, counts)
     return counts
 
 
