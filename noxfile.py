@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parent
 
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["core", "lowest"]
+nox.options.sessions = ["core", "install", "lowest"]
 
 # What runs everywhere but in the pinned full suite: no worker processes, browser or
 # PostgreSQL. docs/support.md says what that leaves to the pinned run.
@@ -77,8 +78,10 @@ CELLS = [
     ("3.13", "6.1", {"django": "Django==6.1.*"}),
 ]
 # django-celery-beat 2.9.0, its newest release, declares Django<6.1 and no release declares
-# 6.1 yet: the 6.1 cell overrides that bound to show the two work together.
-OVERRIDES = {"6.1": ["Django==6.1.*"]}
+# 6.1 yet: the 6.1 cell overrides that bound to show the two work together, and a shop on 6.1
+# installs the package without the [beat] extra (docs/support.md).
+WITHOUT_BEAT_RELEASE = {"6.1"}
+OVERRIDES = {django: [f"Django=={django}.*"] for django in WITHOUT_BEAT_RELEASE}
 
 
 def _pyenv_versions():
@@ -178,6 +181,45 @@ def core(session, django, changes):
     _run_core(session)
 
 
+@nox.session(python=False)
+@nox.parametrize(
+    "python,django",
+    [(python, django) for python, django, _ in CELLS],
+    ids=[f"django{django}" for _, django, _ in CELLS],
+)
+def install(session, python, django):
+    """The wheel, installed with pip into a fresh virtualenv beside the newest Django of one
+    release, runs a fresh startproject shop set up as the README says (tests/test_packaging.py,
+    run from this environment). On a Django no django-celery-beat release declares, the shop
+    installs no [beat] extra and schedules with beat_schedule()."""
+    interpreter = shutil.which(f"python{python}")
+    if interpreter is None:
+        session.error(f"python{python} is not installed")
+    session.run(
+        # nox's own interpreter: the project's virtualenv, which has the test tools.
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_packaging.py",
+        # The build and changelog tests do not depend on the shop's Django.
+        "-k",
+        "not build_makes and not changelog",
+        *session.posargs,
+        env={
+            "TIKTOK_TEST_RUN_DIR": tempfile.mkdtemp(prefix="tiktok-install-"),
+            "TMPDIR": tempfile.gettempdir(),
+            "TIKTOK_PACKAGING_PYTHON": interpreter,
+            "TIKTOK_PACKAGING_DJANGO": django,
+            "TIKTOK_PACKAGING_SCHEDULER": (
+                "celery" if django in WITHOUT_BEAT_RELEASE else "django-celery-beat"
+            ),
+        },
+    )
+
+
 # The suite's own tools, pinned; selenium is left out (it needs a newer urllib3 than the
 # requests floor takes) with the browser tests it drives.
 TEST_TOOLS = ["pytest", "pytest-django", "hypothesis", "django-environ"]
@@ -193,7 +235,7 @@ FLOOR_IMPORTS = (
 @nox.session(python="3.10")
 def lowest(session):
     """The core suite on the lowest version of every dependency the package declares."""
-    package = ".[payments,redis,postgres]"
+    package = ".[beat,payments,redis,postgres]"
     session.install("--resolution=lowest-direct", "-e", package)
     session.run("python", "-c", FLOOR_IMPORTS)
     pins = _pinned()

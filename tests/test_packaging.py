@@ -3,6 +3,10 @@
 The shop is set up as README.md's "Install into a shop" says, then checked, migrated, its
 thank-you page rendered and a payment delivered by a real Celery worker to the sandbox; every
 step runs from the installed wheel, never from this checkout.
+
+The support matrix (noxfile.py) runs this module once per supported Django: it names the
+virtualenv's Python, the Django release and how beat learns the app's periodic tasks with
+``TIKTOK_PACKAGING_PYTHON``, ``TIKTOK_PACKAGING_DJANGO`` and ``TIKTOK_PACKAGING_SCHEDULER``.
 """
 
 import email
@@ -24,6 +28,7 @@ import pytest
 
 import tiktok_tracking
 from tests.processes import terminate
+from tiktok_tracking.schedule import SWEEP_TASK_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +37,18 @@ HELPERS = Path(__file__).resolve().parent / "packaging"
 PACKAGE = "tiktok_tracking"
 DIST_NAME = "django-tiktok-tracking"
 # What the design card says a shop installs with the app, by canonical name.
-RUNTIME_REQUIREMENTS = {"django", "celery", "requests", "django-celery-beat", "phonenumbers"}
+RUNTIME_REQUIREMENTS = {"django", "celery", "requests", "phonenumbers"}
+
+# The fresh virtualenv's Python and Django release (e.g. "6.1"); by default this Python and the
+# newest Django the package allows.
+VENV_PYTHON = os.environ.get("TIKTOK_PACKAGING_PYTHON") or sys.executable
+DJANGO_RELEASE = os.environ.get("TIKTOK_PACKAGING_DJANGO", "")
+# How beat learns the periodic tasks: "django-celery-beat" (the [beat] extra and its
+# DatabaseScheduler, as the README's settings have it) or "celery" (celery's own beat with
+# beat_schedule(), for a Django no django-celery-beat release declares).
+SCHEDULER = os.environ.get("TIKTOK_PACKAGING_SCHEDULER", "django-celery-beat")
+if SCHEDULER not in ("django-celery-beat", "celery"):
+    raise ValueError(f"TIKTOK_PACKAGING_SCHEDULER={SCHEDULER!r}: 'django-celery-beat' or 'celery'")
 
 PIXEL_ID = "CPACKAGETEST0001"
 ACCESS_TOKEN = "packaging-test-token-0123456789"
@@ -67,13 +83,15 @@ SETTINGS_ADDITIONS = """
 # django-tiktok-tracking
 import os
 
-INSTALLED_APPS += ["django_celery_beat", "tiktok_tracking", "orders"]
+INSTALLED_APPS += ["tiktok_tracking", "orders"]
 MIDDLEWARE += ["tiktok_tracking.middleware.TikTokTrackingMiddleware"]
 
 TIKTOK_TRACKING = {
     "PIXEL_ID": os.environ["TIKTOK_PIXEL_ID"],
     "ACCESS_TOKEN": os.environ["TIKTOK_ACCESS_TOKEN"],
     "API_URL": os.environ["TIKTOK_API_URL"],
+    # So that the test sees beat send the sweep within seconds.
+    "SWEEP_INTERVAL": 1,
 }
 
 BROKER_DIR = BASE_DIR / "broker"
@@ -87,8 +105,21 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 """
+
+# Each way of scheduling the periodic tasks, as README.md's "Install into a shop" has it.
+SCHEDULER_SETTINGS = {
+    "django-celery-beat": """
+INSTALLED_APPS.insert(INSTALLED_APPS.index("tiktok_tracking"), "django_celery_beat")
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+""",
+    "celery": """
+from tiktok_tracking.schedule import beat_schedule
+
+CELERY_BEAT_SCHEDULE = beat_schedule(TIKTOK_TRACKING)
+CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "celerybeat-schedule")
+""",
+}
 
 URLS_ADDITIONS = """
 
@@ -185,8 +216,10 @@ class Background:
         return f"$ {' '.join(self.args)} ({state})\n--- log ---\n{self.log()}"
 
     def wait_for_log(self, marker, timeout):
+        """Wait for ``marker``, a string or a compiled pattern, in the log."""
+        found = marker.search if isinstance(marker, re.Pattern) else marker.__contains__
         deadline = time.monotonic() + timeout
-        while marker not in self.log():
+        while not found(self.log()):
             if self.process.poll() is not None:
                 pytest.fail(f"Exited before {marker!r}:\n{self.describe()}")
             if time.monotonic() > deadline:
@@ -330,6 +363,10 @@ def test_wheel_metadata(wheel):
         if "extra ==" not in requirement
     }
     assert required == RUNTIME_REQUIREMENTS, f"Requires-Dist names {sorted(required)}"
+    # django-celery-beat only through the beat extra: no release of it declares every Django
+    # the package supports, and a dependency on it would keep pip from installing on those.
+    beat = [r for r in metadata.get_all("Requires-Dist", []) if r.startswith("django-celery-beat")]
+    assert len(beat) == 1 and 'extra == "beat"' in beat[0], beat
     assert "Framework :: Django" in metadata.get_all("Classifier", [])
     # Every extra the package's messages tell a shop to install exists.
     extras = set(metadata.get_all("Provides-Extra", []))
@@ -367,7 +404,7 @@ def venv(request, wheel, tmp_path_factory):
     path = tmp_path_factory.mktemp("packaging-venv") / "venv"
     env = session_free_environment()
     started = time.monotonic()
-    result = run([sys.executable, "-m", "venv", path], cwd=path.parent, env=env, ok=False)
+    result = run([VENV_PYTHON, "-m", "venv", path], cwd=path.parent, env=env, ok=False)
     if result.returncode != 0:
         pytest.skip(f"python -m venv cannot create a virtualenv here: {result.stderr.strip()}")
     bin_dir = path / "bin"
@@ -377,9 +414,12 @@ def venv(request, wheel, tmp_path_factory):
     # --no-compile: compiling all of Django takes longer than the few modules the shop's
     # processes import, which they compile (and keep) themselves.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    requirements = [f"{wheel.path}[beat]" if SCHEDULER == "django-celery-beat" else wheel.path]
+    if DJANGO_RELEASE:
+        requirements.append(f"Django=={DJANGO_RELEASE}.*")
     run_pip(
         bin_dir / "python",
-        ["install", "--no-compile", wheel.path],
+        ["install", "--no-compile", *requirements],
         cwd=path.parent,
         env=env,
         what="Installing the wheel",
@@ -387,7 +427,8 @@ def venv(request, wheel, tmp_path_factory):
     report_time(
         request,
         f"virtualenv created in {created - started:.1f} s, "
-        f"wheel and dependencies installed in {time.monotonic() - created:.1f} s",
+        f"{' '.join(map(str, requirements))} and dependencies installed in "
+        f"{time.monotonic() - created:.1f} s",
     )
     yield Venv(path, bin_dir / "python", bin_dir, env)
     shutil.rmtree(path, ignore_errors=True)
@@ -474,7 +515,7 @@ def shop(request, venv, sandbox, tmp_path_factory):
     project = base / "shop"
     run([venv.python, "manage.py", "startapp", "orders"], cwd=base, env=env)
     with open(project / "settings.py", "a") as settings:
-        settings.write(SETTINGS_ADDITIONS)
+        settings.write(SETTINGS_ADDITIONS + SCHEDULER_SETTINGS[SCHEDULER])
     with open(project / "urls.py", "a") as urls:
         urls.write(URLS_ADDITIONS)
     (project / "__init__.py").write_text(PROJECT_INIT)
@@ -531,6 +572,8 @@ def test_the_shop_imports_every_module_from_the_virtualenv(shop, wheel):
     )
     assert not module_file.is_relative_to(ROOT)
     assert installed["version"] == tiktok_tracking.__version__
+    if DJANGO_RELEASE:
+        assert installed["django"].startswith(f"{DJANGO_RELEASE}."), installed["django"]
     expected = {
         ".".join(Path(name).with_suffix("").parts).removesuffix(".__init__")
         for name in _package_files()
@@ -628,18 +671,45 @@ def test_a_paid_order_reaches_the_sandbox_with_the_pages_event_id(shop, sandbox,
         time.sleep(0.5)
 
 
-def test_migrate_schedules_tasks_the_worker_knows(shop, worker):
-    scheduled = json.loads(
-        shop.shell(
-            "import json; from django_celery_beat.models import PeriodicTask; "
-            "print(json.dumps(list(PeriodicTask.objects.values_list('task', flat=True))))"
+def test_beat_sends_the_periodic_tasks_the_worker_runs(shop, worker):
+    """A real beat, scheduled as the README says (by migrate into django-celery-beat's tables,
+    or by beat_schedule()), sends the sweep, and the worker runs it."""
+    if SCHEDULER == "django-celery-beat":
+        scheduled = json.loads(
+            shop.shell(
+                "import json; from django_celery_beat.models import PeriodicTask; "
+                "print(json.dumps(list(PeriodicTask.objects.values_list('task', flat=True))))"
+            )
         )
-    )
+        scheduler = ["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
+    else:
+        scheduled = json.loads(
+            shop.shell(
+                "import json; from celery import current_app; print(json.dumps("
+                "[entry['task'] for entry in current_app.conf.beat_schedule.values()]))"
+            )
+        )
+        scheduler = []
     ours = {task for task in scheduled if task.startswith(f"{PACKAGE}.")}
     assert {f"{PACKAGE}.sweep_outbox", f"{PACKAGE}.purge_personal_data"} <= ours, scheduled
     # The worker's banner lists the tasks it has registered.
     unknown = [task for task in ours if f". {task}\n" not in worker.log()]
     assert not unknown, f"Scheduled but unknown to the worker: {unknown}\n{worker.describe()}"
+
+    beat = Background(
+        [shop.venv.bin / "celery", "-A", "shop", "beat", "--loglevel=INFO", *scheduler],
+        cwd=shop.path,
+        env=shop.env,
+        log_path=shop.path / "beat.log",
+    )
+    try:
+        # SWEEP_INTERVAL is 1 second in the shop's settings.
+        beat.wait_for_log(f"Sending due task {SWEEP_TASK_NAME}", timeout=60)
+        worker.wait_for_log(
+            re.compile(rf"Task {PACKAGE}\.sweep_outbox\[[^\]]+\] succeeded"), timeout=30
+        )
+    finally:
+        beat.stop()
 
 
 def test_tiktok_check_sends_a_test_event_to_the_sandbox(shop, sandbox):

@@ -80,17 +80,33 @@ def check_settings(app_configs=None, **kwargs):
                 warning=True,
             )
         )
-    if not apps.is_installed("django_celery_beat"):
-        errors.append(
-            _error(
-                "W002",
-                "django_celery_beat is not in INSTALLED_APPS: nothing will sweep the outbox.",
-                hint="Add 'django_celery_beat' and run a beat process with its "
-                "DatabaseScheduler, or schedule tiktok_tracking.sweep_outbox yourself.",
-                warning=True,
-            )
-        )
+    errors.extend(_check_schedule())
     return errors
+
+
+def _check_schedule():
+    """W002: nothing runs the app's periodic tasks: no django-celery-beat (``migrate`` writes
+    them into its tables), and the project's Celery ``beat_schedule`` lacks some of them."""
+    if apps.is_installed("django_celery_beat"):
+        return []
+    from celery import current_app
+
+    from tiktok_tracking.schedule import unscheduled_tasks
+
+    missing = unscheduled_tasks(current_app.conf.beat_schedule)
+    if not missing:
+        return []
+    return [
+        _error(
+            "W002",
+            "django_celery_beat is not in INSTALLED_APPS and the Celery beat_schedule lacks "
+            f"{', '.join(missing)}: nothing will sweep the outbox.",
+            hint="pip install 'django-tiktok-tracking[beat]', add 'django_celery_beat' and run "
+            "beat with its DatabaseScheduler; or, without it, set CELERY_BEAT_SCHEDULE = "
+            "tiktok_tracking.schedule.beat_schedule(TIKTOK_TRACKING) and run beat.",
+            warning=True,
+        )
+    ]
 
 
 def _check_adapter():

@@ -28,6 +28,7 @@ def inspect_install():
     return {
         "file": tiktok_tracking.__file__,
         "version": tiktok_tracking.__version__,
+        "django": django.get_version(),
         "modules": sorted(modules),
         "failures": {name: error for name, error in modules.items() if error},
     }
