@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent
 
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["core", "install", "lowest"]
+nox.options.sessions = ["core", "oscar", "install", "lowest"]
 
 # What runs everywhere but in the pinned full suite: no worker processes, browser or
 # PostgreSQL. docs/support.md says what that leaves to the pinned run.
@@ -129,34 +129,61 @@ def _pinned():
     return pins
 
 
-SHOW_VERSIONS = (
-    "from importlib.metadata import version as v;"
-    " print(*(f'{n} {v(n)}' for n in ('Django', 'celery', 'kombu', 'django-celery-beat',"
-    " 'django-payments', 'requests', 'phonenumbers')), sep=', ')"
-)
+REPORTED = ("Django", "celery", "kombu", "django-celery-beat", "django-payments", "requests")
 
 
-def _run_core(session, *args):
-    """The core suite in a scratch folder of its own; exit code 5 (nothing ran) fails."""
-    run_dir = tempfile.mkdtemp(prefix="tiktok-matrix-")
-    # What the cell resolved to, in its log.
-    session.run("python", "-c", SHOW_VERSIONS)
+def _show_versions(session, *more):
+    """What the cell resolved to, in its log."""
+    names = (*REPORTED, *more)
     session.run(
         "python",
+        "-c",
+        "import sys; from importlib.metadata import version as v;"
+        " print(*(f'{n} {v(n)}' for n in sys.argv[1:]), sep=', ')",
+        *names,
+    )
+
+
+def _pytest(session, *args, python="python", env=None):
+    """pytest, with a scratch folder of its own; exit code 5 (nothing ran) fails the cell."""
+    session.run(
+        python,
         "-m",
         "pytest",
         "-q",
         "-p",
         "no:cacheprovider",
-        "-m",
-        CORE_MARKERS,
-        *PINNED_ONLY,
         *args,
         *session.posargs,
         # nox points TMPDIR into the work tree, where the docs tests take pytest's tmp_path for
         # a page of the repository.
-        env={"TIKTOK_TEST_RUN_DIR": run_dir, "TMPDIR": tempfile.gettempdir()},
+        env={
+            "TIKTOK_TEST_RUN_DIR": tempfile.mkdtemp(prefix="tiktok-matrix-"),
+            "TMPDIR": tempfile.gettempdir(),
+            **(env or {}),
+        },
     )
+
+
+def _run_core(session, *args):
+    """The core suite."""
+    _show_versions(session, "phonenumbers")
+    _pytest(session, "-m", CORE_MARKERS, *PINNED_ONLY, *args)
+
+
+def _install_pinned(session, django, changes, dropped):
+    """requirements.txt's pins, without ``dropped`` and with ``changes``, and the package."""
+    pins = _pinned()
+    for name in dropped:
+        pins.pop(name, None)
+    pins.update(changes)
+    tmp = Path(session.create_tmp())
+    (tmp / "requirements.txt").write_text("\n".join(pins.values()) + "\n")
+    args = ["-r", str(tmp / "requirements.txt")]
+    if django in OVERRIDES:
+        (tmp / "overrides.txt").write_text("\n".join(OVERRIDES[django]) + "\n")
+        args += ["--override", str(tmp / "overrides.txt")]
+    session.install(*args, "-e", ".")
 
 
 @nox.session
@@ -167,18 +194,33 @@ def _run_core(session, *args):
 )
 def core(session, django, changes):
     """The core suite on one supported Django, the rest pinned as in requirements.txt."""
-    pins = _pinned()
-    for name in OSCAR_ONLY | TOOLS:
-        pins.pop(name, None)
-    pins.update(changes)
-    tmp = Path(session.create_tmp())
-    (tmp / "requirements.txt").write_text("\n".join(pins.values()) + "\n")
-    args = ["-r", str(tmp / "requirements.txt")]
-    if django in OVERRIDES:
-        (tmp / "overrides.txt").write_text("\n".join(OVERRIDES[django]) + "\n")
-        args += ["--override", str(tmp / "overrides.txt")]
-    session.install(*args, "-e", ".")
+    _install_pinned(session, django, changes, OSCAR_ONLY | TOOLS)
     _run_core(session)
+
+
+# The Djangos besides the pinned one that django-oscar's pinned release allows, and the pins
+# its dependencies need there: django-treebeard 5 and newer need Django 5.2, pillow 13 Python
+# 3.11.
+OSCAR_CHANGES = {
+    "4.2": {"django-treebeard": "django-treebeard==4.7.1", "pillow": "pillow==12.3.0"},
+    "6.0": {},
+    "6.1": {},
+}
+OSCAR_DJANGOS = set(OSCAR_CHANGES)
+
+
+@nox.session
+@nox.parametrize(
+    "python,django,changes",
+    [cell for cell in CELLS if cell[1] in OSCAR_DJANGOS],
+    ids=[f"django{django}" for _, django, _ in CELLS if django in OSCAR_DJANGOS],
+)
+def oscar(session, django, changes):
+    """The oscar test shop (tests/oscar_shop: oscar's real checkout, dashboard and
+    OrderCreator) on one more Django, django-oscar and the rest pinned as in requirements.txt."""
+    _install_pinned(session, django, {**changes, **OSCAR_CHANGES[django]}, TOOLS)
+    _show_versions(session, "django-oscar")
+    _pytest(session, "--ds", "tests.oscar_shop.settings", "tests/oscar_shop")
 
 
 @nox.session(python=False)
@@ -195,22 +237,15 @@ def install(session, python, django):
     interpreter = shutil.which(f"python{python}")
     if interpreter is None:
         session.error(f"python{python} is not installed")
-    session.run(
-        # nox's own interpreter: the project's virtualenv, which has the test tools.
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
+    _pytest(
+        session,
         "tests/test_packaging.py",
         # The build and changelog tests do not depend on the shop's Django.
         "-k",
         "not build_makes and not changelog",
-        *session.posargs,
+        # nox's own interpreter: the project's virtualenv, which has the test tools.
+        python=sys.executable,
         env={
-            "TIKTOK_TEST_RUN_DIR": tempfile.mkdtemp(prefix="tiktok-install-"),
-            "TMPDIR": tempfile.gettempdir(),
             "TIKTOK_PACKAGING_PYTHON": interpreter,
             "TIKTOK_PACKAGING_DJANGO": django,
             "TIKTOK_PACKAGING_SCHEDULER": (
