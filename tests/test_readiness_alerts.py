@@ -1,15 +1,15 @@
 """Readiness alerts: a market ready -> not_ready -> ready sends two alerts, by mail and webhook."""
 
 import json
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core import mail
 from django.test import override_settings
 from django.utils import timezone
 
+from tests.alert_endpoint import alert_endpoint
+from tests.alert_endpoint import verified as verified_with
 from tests.factories import outbox_rows
 from tests.test_outbox import tracking
 from tiktok_tracking import rollups
@@ -22,42 +22,14 @@ SECRET = "webhook-shared-secret"
 Status = TrackedEvent.Status
 
 
-class Receiver(BaseHTTPRequestHandler):
-    """A shop's alert endpoint: records each POST, answers what the test programs."""
-
-    answers = []
-    received = []
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((dict(self.headers), body))
-        status = type(self).answers.pop(0) if type(self).answers else 204
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def webhook():
-    Receiver.answers, Receiver.received = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/alerts", Receiver
-    finally:
-        server.shutdown()
-        server.server_close()
+    with alert_endpoint() as server:
+        yield server
 
 
 def verified(headers, body):
-    """The alert as the receiving shop reads it, after checking its signature."""
-    expected = alerts.signature(SECRET, headers[alerts.TIMESTAMP_HEADER], body)
-    assert headers[alerts.SIGNATURE_HEADER] == expected
-    return json.loads(body)
+    return verified_with(headers, body, SECRET)
 
 
 def healthy_purchases(prefix, count=25):
@@ -74,7 +46,7 @@ def healthy_purchases(prefix, count=25):
 @pytest.mark.django_db
 @override_settings(ADMINS=[("Shop admin", "admin@shop.example")])
 def test_ready_to_not_ready_and_back_sends_two_alerts_by_mail_and_webhook(webhook):
-    url, receiver = webhook
+    url, receiver = webhook.url, webhook
     with tracking(
         PAID_ORDERS=None,
         READINESS={"ALERT_WEBHOOK_URL": url, "ALERT_WEBHOOK_SECRET": SECRET},
@@ -105,7 +77,7 @@ def test_ready_to_not_ready_and_back_sends_two_alerts_by_mail_and_webhook(webhoo
         "[Django] TikTok tracking: US is ready (was not_ready)",
     ]
     assert "while 4 server purchases followed" in mail.outbox[0].body
-    sent = [verified(headers, body) for headers, body in receiver.received]
+    sent = [verified(headers, body) for _path, headers, body in receiver.received]
     assert [(a["market"], a["old"], a["new"]) for a in sent] == [
         ("US", "ready", "not_ready"),
         ("US", "not_ready", "ready"),
@@ -115,7 +87,7 @@ def test_ready_to_not_ready_and_back_sends_two_alerts_by_mail_and_webhook(webhoo
 
 @pytest.mark.django_db
 def test_a_failed_webhook_is_retried_with_backoff_and_recorded(webhook):
-    url, receiver = webhook
+    url, receiver = webhook.url, webhook
     receiver.answers = [503, 500]
     alert = ReadinessAlert.objects.create(market="DE", old="ready", new="not_ready")
     with tracking(READINESS={"ALERT_WEBHOOK_URL": url, "ALERT_WEBHOOK_SECRET": SECRET}):
@@ -132,7 +104,7 @@ def test_a_failed_webhook_is_retried_with_backoff_and_recorded(webhook):
     alert.refresh_from_db()
     assert (alert.status, alert.attempts, alert.last_error) == ("sent", 3, "")
     assert len(receiver.received) == 3
-    verified(*receiver.received[-1])
+    verified(*receiver.received[-1][1:])
 
 
 @pytest.mark.django_db
@@ -212,7 +184,7 @@ def test_the_admin_lists_alerts_read_only():
 def test_a_replaced_token_and_a_test_event_code_raise_one_config_alert_by_mail_and_webhook(
     webhook,
 ):
-    url, receiver = webhook
+    url, receiver = webhook.url, webhook
     readiness = {"ALERT_WEBHOOK_URL": url, "ALERT_WEBHOOK_SECRET": SECRET}
     with tracking(PAID_ORDERS=None, READINESS=readiness):
         assess_readiness()  # the first report: nothing to compare with
@@ -241,7 +213,7 @@ def test_a_replaced_token_and_a_test_event_code_raise_one_config_alert_by_mail_a
     assert message.subject == "[Django] TikTok tracking: the tracking configuration changed"
     assert "- access token replaced" in message.body
     assert "another-access-token" not in message.body
-    [(headers, body)] = receiver.received
+    [(_path, headers, body)] = receiver.received
     sent = verified(headers, body)
     assert (sent["type"], sent["market"], sent["old"], sent["new"]) == (
         "config_changed",

@@ -1,19 +1,14 @@
 """Readiness alerts on a real beat and worker: ready -> not_ready -> ready sends exactly two."""
 
 import email
-import hashlib
-import hmac
-import json
-import threading
-import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from tests.alert_endpoint import alert_endpoint, verified
 from tests.conftest import wait_until
 from tests.factories import outbox_rows
 from tests.test_outbox import make_order, tracking
@@ -32,30 +27,10 @@ Status = TrackedEvent.Status
 MATCH_KEYS = rollups.key_mask("email", "ttclid", "ip", "user_agent")
 
 
-class AlertEndpoint(BaseHTTPRequestHandler):
-    """The shop's alert endpoint: records each POST's path, headers and raw body."""
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.received.append((self.path, self.headers, body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def webhook():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), AlertEndpoint)
-    server.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with alert_endpoint() as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -66,7 +41,7 @@ def mail_dir(celery_env, webhook, tmp_path):
     celery_env.update(
         TIKTOK_TEST_ADMIN_EMAIL=ADMIN,
         TIKTOK_TEST_EMAIL_DIR=str(folder),
-        TIKTOK_TEST_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{webhook.server_port}/alerts",
+        TIKTOK_TEST_ALERT_WEBHOOK_URL=webhook.url,
         TIKTOK_TEST_ALERT_WEBHOOK_SECRET=SECRET,
     )
     return folder
@@ -111,18 +86,6 @@ def latest_report_judging(verdict, after=0):
     if report is not None and report.pk > after and market_of(report)["verdict"] == verdict:
         return report
     return None
-
-
-def verified(headers, body):
-    """The alert as the receiving shop reads it, its signature recomputed from the secret."""
-    timestamp = headers["X-TikTok-Tracking-Timestamp"]
-    signed = f"{timestamp}.".encode() + body
-    expected = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(headers["X-TikTok-Tracking-Signature"], expected)
-    # A receiver refuses old timestamps, so replayed alerts fail: this one is fresh.
-    assert abs(time.time() - int(timestamp)) < 120
-    assert headers["Content-Type"] == "application/json"
-    return json.loads(body)
 
 
 def mails(folder):
@@ -209,7 +172,7 @@ def test_beat_judges_a_market_ready_not_ready_ready_and_sends_two_alerts_by_mail
     assert "while 3 server purchases followed" in broken.get_payload()
 
     assert [path for path, _headers, _body in webhook.received] == ["/alerts", "/alerts"]
-    posted = [verified(headers, body) for _path, headers, body in webhook.received]
+    posted = [verified(headers, body, SECRET) for _path, headers, body in webhook.received]
     assert [(p["id"], p["market"], p["old"], p["new"]) for p in posted] == [
         (alerts[0].pk, MARKET, "ready", "not_ready"),
         (alerts[1].pk, MARKET, "not_ready", "ready"),
