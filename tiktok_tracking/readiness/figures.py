@@ -290,10 +290,12 @@ class Gathered:
         return seen
 
 
-def gather(now=None, *, paid=True):
+def gather(now=None, *, paid=True, thresholds=None):
     """Read everything the figures need, per country (a fixed number of queries, and one pass
-    over the shop's paid orders per window unless ``paid=False``)."""
+    over the shop's paid orders per window unless ``paid=False``); ``thresholds`` are the
+    verdict's, READINESS's unless given, for the error-spike window."""
     now = now or timezone.now()
+    thresholds = thresholds or conf.readiness_thresholds()
     today = timezone.localdate(now)
     names = purchase_names(conf.get("PURCHASE_EVENT"))
     first_day = today - timedelta(days=max(WINDOWS) - 1)
@@ -310,7 +312,7 @@ def gather(now=None, *, paid=True):
         unseen=unseen,
         paid=paid_orders_by_country(today) if paid else None,
         unmergeable=unmergeable(first_day, names),
-        answers=recent_answers(names, now, conf.readiness_thresholds().error_spike_minutes),
+        answers=recent_answers(names, now, thresholds.error_spike_minutes),
     )
 
 

@@ -20,10 +20,11 @@ def build_report(now=None, *, paid=True, window_days=None):
     now = now or timezone.now()
     settings = conf.readiness_settings()
     index = market_index(settings["MARKETS"])
-    gathered = figures.gather(now, paid=paid)
+    thresholds = conf.readiness_thresholds()
+    gathered = figures.gather(now, paid=paid, thresholds=thresholds)
     return report.build(
         figures.assemble(gathered, index),
-        conf.readiness_thresholds(),
+        thresholds,
         window_days=window_days or settings["WINDOW_DAYS"],
         generated_at=now,
         country_figures=figures.assemble(gathered, {}, only=set(index)),

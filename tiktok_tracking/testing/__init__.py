@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from tiktok_tracking.client import DELIVERED, Outcome
+from tiktok_tracking.client import DELIVERED, EventsApiClient, Outcome
 from tiktok_tracking.conf import SETTING_NAME
 
 RECORDING_CLIENT = "tiktok_tracking.testing.RecordingClient"
@@ -46,26 +46,15 @@ class SentRequest:
         return self.body.get("event_source_id")
 
 
-class RecordingClient:
-    """A stand-in for ``EventsApiClient`` that records each request and accepts it."""
+class RecordingClient(EventsApiClient):
+    """A stand-in for ``EventsApiClient`` that records each request and accepts it: the same
+    settings and the same encoding of the body, no session and no network."""
 
-    def __init__(self, api_url=None, access_token=None, *, timeout=10.0, session=None):
-        self.api_url = api_url
-        self._access_token = access_token
-        self.timeout = timeout
-
-    @classmethod
-    def from_settings(cls, **kwargs):
-        from tiktok_tracking import conf
-
-        return cls(conf.get("API_URL"), timeout=float(conf.get("TIMEOUT")), **kwargs)
+    def create_session(self):
+        return None
 
     def __repr__(self):
         return f"<RecordingClient: {len(sent)} request(s) recorded>"
-
-    def send(self, body, access_token=None):
-        data = json.dumps(body).encode("utf-8")
-        return self.send_encoded(data, len(body.get("data", ())), access_token)
 
     def send_encoded(self, data, event_count, access_token=None):
         body = json.loads(data)
