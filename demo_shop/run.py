@@ -14,24 +14,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 10
 PYTHON = sys.executable
+# A child that dies is started again after 1, 2, 4 ... seconds, at most MAX_BACKOFF_SECONDS;
+# once it has run for STABLE_SECONDS its next death starts the count again. One that dies
+# within STABLE_SECONDS of each of GIVE_UP_AFTER starts in a row (a port taken, a broken
+# setting) stops the demo: restarting it cannot help.
+MAX_BACKOFF_SECONDS = 30
+STABLE_SECONDS = 20
+GIVE_UP_AFTER = 4
 
 
 class Child:
-    """One supervised process whose output lines are printed with its name in front."""
+    """One supervised process whose output lines are printed with its name in front; started
+    again with backoff when it dies (see :meth:`supervise`)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name = name
+        self.argv = argv
+        self.env = env
+        self.quick_deaths = 0
+        self.restart_at: float | None = None
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
         # A session of its own: Ctrl-C reaches only the supervisor, which stops the children in
         # order instead of all of them racing to exit at once.
         self.process = subprocess.Popen(  # noqa: S603 (argv is built here, not from input)
-            argv,
+            self.argv,
             cwd=ROOT,
-            env=env,
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        self.started_at = time.monotonic()
+        say(f"{self.name} started (pid {self.process.pid})")
         self.reader = threading.Thread(target=self._copy_output, daemon=True)
         self.reader.start()
 
@@ -43,6 +61,39 @@ class Child:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def supervise(self, now: float) -> bool:
+        """Look after the child once; False when it keeps dying at start (stop the demo)."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restart_at = None
+                self.restarts += 1
+                self._start()
+            return True
+        if self.alive():
+            return True
+        code = self.process.returncode
+        self.reader.join(timeout=2)
+        ran = now - self.started_at
+        self.quick_deaths = self.quick_deaths + 1 if ran < STABLE_SECONDS else 1
+        if self.quick_deaths >= GIVE_UP_AFTER:
+            say(
+                f"{self.name} exited with code {code} {self.quick_deaths} times in a row, each "
+                f"within {STABLE_SECONDS} s of its start: stopping the demo"
+            )
+            return False
+        delay = min(2 ** (self.quick_deaths - 1), MAX_BACKOFF_SECONDS)
+        say(
+            f"{self.name} exited with code {code} after {ran:.0f} s: restarting it in "
+            f"{delay} s (restart {self.restarts + 1})"
+        )
+        self.restart_at = now + delay
+        return True
+
+
+def say(line: str) -> None:
+    """A line of the supervisor's own."""
+    print(f"{'demo':>8} | {line}", flush=True)
 
 
 def _env() -> dict[str, str]:
@@ -117,6 +168,8 @@ def main() -> int:
             [
                 *(PYTHON, "-m", "tiktok_tracking.sandbox", "--verbose"),
                 *("--port", str(sandbox_port), "--token", token),
+                # What it received survives a restart of the demo (its page has "Clear").
+                *("--store", str(settings.VAR_DIR / "sandbox.jsonl")),
             ],
         ),
         ("web", [PYTHON, "manage.py", "runserver", f"127.0.0.1:{demo_port}", "--noreload"]),
@@ -136,7 +189,7 @@ def main() -> int:
     for name, argv in specs:
         children.append(Child(name, argv, env))
 
-    password = re.search(r"password (\S+)", seeded)
+    password = re.search(r"username \S+ password (\S+)", seeded)
     credentials = f"user admin, password {password.group(1) if password else '(see above)'}"
     print(
         "\n"
@@ -149,13 +202,8 @@ def main() -> int:
 
     exit_code = 0
     while not stopping.wait(0.5):
-        dead = [child for child in children if not child.alive()]
-        if dead:
-            for child in dead:
-                print(
-                    f"{child.name} exited with code {child.process.returncode}: stopping the demo",
-                    flush=True,
-                )
+        now = time.monotonic()
+        if not all([child.supervise(now) for child in children]):
             exit_code = 1
             break
     print("Stopping ...", flush=True)

@@ -83,6 +83,9 @@ BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem"):
     (BROKER_DIR / "control").mkdir(parents=True, exist_ok=True)
+    # The app's filesystem transport: kombu's own lets a worker read a message file before it
+    # is written, and die of it.
+    CELERY_BROKER_TRANSPORT = "tiktok_tracking.broker:FilesystemTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR),
         "data_folder_out": str(BROKER_DIR),

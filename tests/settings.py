@@ -81,6 +81,12 @@ if env.str("TIKTOK_TEST_DB_NAME", default=""):
 BROKER_DIR = RUN_DIR / "broker"
 BROKER_DIR.mkdir(parents=True, exist_ok=True)
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+# The app's filesystem transport, which never shows a consumer a half-written file.
+CELERY_BROKER_TRANSPORT = (
+    "tiktok_tracking.broker:FilesystemTransport"
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else None
+)
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
         "data_folder_in": str(BROKER_DIR),

@@ -228,3 +228,36 @@ def test_server_funnel_events_are_funnel_events(events, message):
     assert message in error.msg
     with tracking(SERVER_FUNNEL_EVENTS=("InitiateCheckout", "AddPaymentInfo")):
         assert "tiktok_tracking.E017" not in ids(checks.check_settings())
+
+
+@pytest.mark.parametrize(
+    "url, transport, expected",
+    [
+        ("filesystem://", None, ["tiktok_tracking.W007"]),
+        ("filesystem://", "tiktok_tracking.broker:FilesystemTransport", []),
+        ("redis://127.0.0.1:6379/0", None, []),
+    ],
+)
+def test_kombus_own_filesystem_transport_is_a_warning(url, transport, expected, monkeypatch):
+    from tests.celery_app import app
+
+    # Celery reads the environment variable before its own setting.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+
+    # Each under both names: Celery reads the Django-style one first (see above).
+    given = {
+        "broker_url": url,
+        "CELERY_BROKER_URL": url,
+        "broker_transport": transport,
+        "CELERY_BROKER_TRANSPORT": transport,
+    }
+    saved = {name: app.conf.get(name) for name in given}
+    app.conf.update(given)
+    try:
+        found = checks.check_broker()
+    finally:
+        app.conf.update(saved)
+    assert ids(found) == expected, [error.msg for error in found]
+    for warning in found:
+        assert "JSONDecodeError" in warning.msg
+        assert "'tiktok_tracking.broker:FilesystemTransport'" in warning.hint

@@ -97,6 +97,7 @@ TIKTOK_TRACKING = {
 BROKER_DIR = BASE_DIR / "broker"
 (BROKER_DIR / "messages").mkdir(parents=True, exist_ok=True)
 CELERY_BROKER_URL = "filesystem://"
+CELERY_BROKER_TRANSPORT = "tiktok_tracking.broker:FilesystemTransport"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "data_folder_in": str(BROKER_DIR / "messages"),
     "data_folder_out": str(BROKER_DIR / "messages"),

@@ -538,7 +538,29 @@ def check_broker(app_configs=None, **kwargs):
                 hint=hint,
             )
         ]
-    return []
+    return _check_filesystem_broker(app)
+
+
+def _check_filesystem_broker(app):
+    """W007: kombu's own filesystem transport lets a worker read a message file before it is
+    written, and die of it (tiktok_tracking.broker explains); the app ships a safe one."""
+    from tiktok_tracking.broker import TRANSPORT_PATH
+
+    url = app.conf.broker_url
+    if not (isinstance(url, str) and url.startswith("filesystem:")):
+        return []
+    if app.conf.broker_transport == TRANSPORT_PATH:
+        return []
+    return [
+        _error(
+            "W007",
+            "The broker is kombu's own filesystem transport, whose workers can read a message "
+            "file before it is written and stop with JSONDecodeError.",
+            hint=f"Set CELERY_BROKER_TRANSPORT = {TRANSPORT_PATH!r} beside "
+            "CELERY_BROKER_URL = 'filesystem://'.",
+            warning=True,
+        )
+    ]
 
 
 def _is_celery_fallback_app(app):

@@ -2,6 +2,7 @@
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -114,16 +115,30 @@ def test_check_reports_no_issues(tmp_path):
     assert "no issues" in result.stdout
 
 
-def test_seed_demo_is_repeatable_and_prints_a_fresh_password(tmp_path):
+def test_seed_demo_is_repeatable_and_prints_the_same_working_password(tmp_path):
     env = demo_env(tmp_path)
     assert run(env, "manage.py", "migrate", "--noinput", "-v", "0").returncode == 0
     first = run(env, "manage.py", "seed_demo")
     second = run(env, "manage.py", "seed_demo")
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     assert "4 products ready" in second.stdout
-    assert "Admin user created" in first.stdout
-    assert "Admin user password reset" in second.stdout
-    assert first.stdout.split()[-1] != second.stdout.split()[-1]
+    assert "Admin user created: username admin password " in first.stdout
+    # One line, the same password, which is the one that logs in.
+    [line] = [line for line in second.stdout.splitlines() if "password" in line]
+    password = line.split()[-1]
+    assert line == f"Admin user: username admin password {password}"
+    assert first.stdout.split()[-1] == password
+    assert (tmp_path / "var" / "admin-password").read_text().strip() == password
+    assert (tmp_path / "var" / "admin-password").stat().st_mode & 0o077 == 0
+    check = run(
+        env,
+        "manage.py",
+        "shell",
+        "-c",
+        "from django.contrib.auth import authenticate; "
+        f"print(authenticate(username='admin', password={password!r}) is not None)",
+    )
+    assert check.stdout.strip().splitlines()[-1] == "True", check.stdout + check.stderr
 
 
 def test_selfcheck_buys_one_order_through_gateway_and_webhook(tmp_path):
@@ -156,7 +171,7 @@ def test_make_demo_comes_up_and_stops_everything_on_ctrl_c(tmp_path):
 
 
 @pytest.mark.integration
-def test_demo_stops_the_rest_when_a_child_dies(tmp_path):
+def test_demo_stops_when_a_child_keeps_dying_at_start(tmp_path):
     shop_port = free_port()
     # The sandbox cannot bind a port that is taken, so it exits at once.
     with socket.socket() as taken:
@@ -170,7 +185,12 @@ def test_demo_stops_the_rest_when_a_child_dies(tmp_path):
             demo.stop()
     output = "".join(demo.output)
     assert code != 0, output
-    assert "sandbox exited with code" in output
+    # Started again with backoff, it cannot bind the port either: the demo gives up, saying so.
+    assert re.search(
+        r"sandbox exited with code 1 after \d+ s: restarting it in 1 s \(restart 1\)", output
+    )
+    assert "restarting it in 2 s (restart 2)" in output
+    assert "sandbox exited with code 1 4 times in a row" in output
     assert not listening(shop_port)
 
 
@@ -201,3 +221,40 @@ def test_a_simulated_stopped_worker_turns_its_market_not_ready(tmp_path):
     assert stopped.returncode == 0, stopped.stderr
     assert "US is now not_ready:" in stopped.stdout
     assert "oldest undelivered purchase waiting 90 min" in stopped.stdout
+
+
+def started_pid(output, name, after=0):
+    """The pid of the ``after``-th (0: first) start of child ``name`` the supervisor reported."""
+    pids = re.findall(rf"\b{name} started \(pid (\d+)\)", "".join(output))
+    return int(pids[after]) if len(pids) > after else None
+
+
+@pytest.mark.integration
+def test_the_demo_restarts_a_killed_worker_and_beat_and_keeps_serving(tmp_path):
+    shop_port, sandbox_port = free_port(), free_port()
+    env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(sandbox_port))
+    demo = Supervisor(env)
+    try:
+        assert demo.wait_for_line("Ctrl-C stops everything"), "".join(demo.output)
+        assert demo.wait_for_line("celery@"), "".join(demo.output)
+        for name in ("worker", "beat"):
+            first = started_pid(demo.output, name)
+            assert first, "".join(demo.output)
+            os.kill(first, signal.SIGKILL)
+            assert demo.wait_for_line(f"{name} exited with code -9"), "".join(demo.output)
+            assert demo.wait_for_line(f"{name} started (pid"), "".join(demo.output)
+            second = started_pid(demo.output, name, after=1)
+            assert second and second != first
+        assert "restarting it in 1 s (restart 1)" in "".join(demo.output)
+        # The new worker comes up, and the rest never went down.
+        deadline = time.monotonic() + START_TIMEOUT
+        while "".join(demo.output).count(" ready.") < 2:
+            assert time.monotonic() < deadline, "".join(demo.output)
+            time.sleep(0.2)
+        assert demo.process.poll() is None, "".join(demo.output)
+        assert http_status(f"http://127.0.0.1:{shop_port}/") == 200
+        assert listening(sandbox_port)
+        demo.process.send_signal(signal.SIGINT)
+        assert demo.process.wait(timeout=STOP_TIMEOUT) == 0, "".join(demo.output)
+    finally:
+        demo.stop()

@@ -285,3 +285,37 @@ def test_track_endpoint_is_untouched_by_the_pixel_lane(sandbox):
     assert sandbox.requests == []
     assert sandbox.events() == []
     assert requests.get(sandbox.url + TRACK_PATH, timeout=5).status_code == 405
+
+
+def test_a_store_keeps_both_lanes_across_a_restart_until_clear(tmp_path):
+    store = tmp_path / "var" / "sandbox.jsonl"
+    with SandboxServer(port=0, store=store) as first:
+        send_server_event(first)
+        post_pixel(first, pixel_call())
+        [before] = first.merged()
+        assert before["verdict"] == MERGED
+        page = requests.get(first.url + "/sandbox/", timeout=5).text
+        assert "Kept across restarts in" in page and ">Clear</button>" in page
+    # A crash mid-line leaves half a record: it is skipped, the rest read.
+    with open(store, "a") as file:
+        file.write('{"kind": "pixel", "rec')
+    with SandboxServer(port=0, store=store) as second:
+        [after] = second.merged()
+        assert after == before
+        assert second.requests[0]["request_id"] == before["request_ids"][0]
+        # The page's Clear button: a form post, answered with the page again.
+        cleared = requests.post(second.url + "/sandbox/clear", timeout=5)
+        assert cleared.history[0].status_code == 303
+        assert "Nothing received yet." in cleared.text
+        assert second.merged() == []
+    with SandboxServer(port=0, store=store) as third:
+        assert third.merged() == [] and third.requests == []
+    assert "pixel-test-token" not in store.read_text()
+
+
+def test_without_a_store_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with SandboxServer(port=0) as sandbox:
+        send_server_event(sandbox)
+        assert "Kept in memory until the sandbox stops." in sandbox.render_page()
+    assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--latency", type=float, default=0.0, help="seconds to wait before every answer"
     )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--store",
+        metavar="FILE",
+        help="keep what was received in FILE (JSON lines) across restarts; default: memory",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens=dict(args.pixel_tokens or ()),
             latency=args.latency,
             verbose=args.verbose,
+            store=args.store,
         )
     except (OSError, ValueError) as exc:
         print(f"Cannot start the sandbox on {args.host}:{args.port}: {exc}", file=sys.stderr)

@@ -445,6 +445,8 @@ class SandboxServer:
     Every track request is recorded (without its token) before any latency is slept, so a
     client that gives up while waiting is still seen as having delivered, as with TikTok.
     Errors are HTTP 200 with a non-zero ``code``, as TikTok sends them.
+    ``store``, a file path, keeps the track requests and pixel calls across restarts: read at
+    start, each new one appended as a JSON line, emptied by :meth:`reset` (the page's "Clear").
     """
 
     def __init__(
@@ -457,6 +459,7 @@ class SandboxServer:
         tokens: Mapping[str, str] | None = None,
         latency: float = 0.0,
         verbose: bool = False,
+        store: str | Path | None = None,
     ) -> None:
         self._token = token
         self._tokens = dict(tokens) if tokens else {}
@@ -478,6 +481,9 @@ class SandboxServer:
         self._thread: threading.Thread | None = None
         self._serving_thread: threading.Thread | None = None
         self._closed = False
+        self._store = Path(store) if store is not None else None
+        if self._store is not None:
+            self._load_store()
         self._httpd = _Server((host, port), self)
         bound_host, bound_port = self._httpd.server_address[:2]
         self.host = str(bound_host)
@@ -576,13 +582,42 @@ class SandboxServer:
             return self._latency
 
     def reset(self) -> None:
-        """Forget requests, pixel calls, queued answers and rejections; reset the latency."""
+        """Forget requests, pixel calls (the store's too), queued answers and rejections;
+        reset the latency."""
         with self._lock:
             self._records.clear()
             self._pixel_calls.clear()
             self._queue.clear()
             self._rejected.clear()
             self._latency = self._initial_latency
+            if self._store is not None:
+                self._store.write_text("")
+
+    # --- the store ---
+
+    def _load_store(self) -> None:
+        """What an earlier run recorded; a line cut short by a crash is skipped."""
+        assert self._store is not None
+        self._store.parent.mkdir(parents=True, exist_ok=True)
+        self._store.touch()
+        for line in self._store.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                kind, record = entry["kind"], entry["record"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if kind == "request":
+                self._records.append(record)
+            elif kind == "pixel":
+                self._pixel_calls.append(record)
+
+    def _keep(self, kind: str, record: dict[str, Any]) -> None:
+        """Append one record to the store (called with the lock held, so lines never mix)."""
+        if self._store is None:
+            return
+        line = json.dumps({"kind": kind, "record": record}, separators=(",", ":"))
+        with open(self._store, "a", encoding="utf-8") as store:
+            store.write(line + "\n")
 
     # --- inspection ---
 
@@ -777,6 +812,7 @@ class SandboxServer:
                     "validation": {"code": verdict.code, "message": verdict.message},
                 }
             )
+            self._keep("request", self._records[-1])
 
         if delay > 0 and self._stopping.wait(delay):
             handler.close_connection = True
@@ -819,6 +855,7 @@ class SandboxServer:
         call["received_at"] = time.time()
         with self._lock:
             self._pixel_calls.append(call)
+            self._keep("pixel", call)
         handler.send_empty(HTTPStatus.NO_CONTENT, cors)
 
     @staticmethod
@@ -837,6 +874,11 @@ class SandboxServer:
         self, handler: _Handler, method: str, path: str, query: str, raw_body: bytes
     ) -> None:
         action = path[len(CONTROL_PREFIX) :].strip("/")
+        if action == "clear" and method == "POST":
+            # The page's "Clear" button: a form post, answered with the page again.
+            self.reset()
+            handler.send_empty(HTTPStatus.SEE_OTHER, [("Location", CONTROL_PREFIX)])
+            return
         if action == "" and method == "GET":
             handler.send_bytes(
                 HTTPStatus.OK,
@@ -950,6 +992,11 @@ class SandboxServer:
             merged="\n".join(merged_rows) or empty.format(9),
             requests="\n".join(request_rows) or empty.format(7),
             shown=_PAGE_REQUESTS,
+            kept=(
+                f"Kept across restarts in <code>{esc(str(self._store))}</code>."
+                if self._store is not None
+                else "Kept in memory until the sandbox stops."
+            ),
         )
 
     def __repr__(self) -> str:
@@ -977,6 +1024,8 @@ th {{ background: #f2f2f2; }}
 <h1>TikTok sandbox</h1>
 <p>Listening on <code>{url}</code>. Refreshes every {refresh} s.
 Events with the same pixel, name and event_id count once, whichever lane sent them.</p>
+<form method="post" action="/sandbox/clear"><button type="submit">Clear</button>
+{kept}</form>
 <h2>What TikTok counts (newest first)</h2>
 <table>
 <thead><tr><th>First seen</th><th>Pixel</th><th>Event</th><th>event_id</th><th>Lanes</th>
