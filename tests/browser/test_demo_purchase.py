@@ -6,6 +6,7 @@ import re
 import signal
 import time
 import urllib.request
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.demo.test_demo_shop import (
     demo_env,
     free_port,
     listening,
+    started_pid,
 )
 
 pytestmark = pytest.mark.integration
@@ -35,16 +37,12 @@ ARTIFACTS = Path(os.environ.get("TIKTOK_TEST_ARTIFACTS", ROOT / "var" / "test-ar
 wait_until = partial(shared_wait_until, timeout=30, interval=0.25)
 
 
-@pytest.fixture
-def demo(tmp_path):
-    shop_port, sandbox_port = free_port(), free_port()
-    env = demo_env(
-        tmp_path,
-        DEMO_PORT=str(shop_port),
-        SANDBOX_PORT=str(sandbox_port),
-        GATEWAY_WEBHOOK_COUNTDOWN="1",
-    )
+@contextmanager
+def running_demo(env):
+    """``python -m demo_shop.run`` up and listening; stopped with Ctrl-C, which must end it
+    cleanly. Yields the URLs, the admin password and the supervisor."""
     supervisor = Supervisor(env)
+    shop_port, sandbox_port = int(env["DEMO_PORT"]), int(env["SANDBOX_PORT"])
     try:
         assert supervisor.wait_for_line("celery@"), "".join(supervisor.output)
         wait_until(
@@ -53,16 +51,32 @@ def demo(tmp_path):
             message="the demo to listen",
         )
         output = "".join(supervisor.output)
-        password = re.search(r"password (\S+)", output).group(1)
+        password = re.search(r"username admin password (\S+)", output).group(1)
         yield {
             "shop": f"http://127.0.0.1:{shop_port}",
             "sandbox": f"http://127.0.0.1:{sandbox_port}",
             "password": password,
+            "supervisor": supervisor,
         }
         supervisor.process.send_signal(signal.SIGINT)
         assert supervisor.process.wait(timeout=STOP_TIMEOUT) == 0, "".join(supervisor.output)
     finally:
         supervisor.stop()
+
+
+def demo_settings(tmp_path):
+    return demo_env(
+        tmp_path,
+        DEMO_PORT=str(free_port()),
+        SANDBOX_PORT=str(free_port()),
+        GATEWAY_WEBHOOK_COUNTDOWN="1",
+    )
+
+
+@pytest.fixture
+def demo(tmp_path):
+    with running_demo(demo_settings(tmp_path)) as running:
+        yield running
 
 
 def sandbox_json(demo, path):
@@ -186,3 +200,41 @@ def test_denied_consent_in_the_eu_tracks_nothing(browser, demo):
     assert server_events(demo, event_id) == []
     browser_events = sandbox_json(demo, "/sandbox/browser-events")
     assert [e for e in browser_events if e.get("event_id") == event_id] == []
+
+
+def merged_purchase(demo, event_id):
+    """The sandbox's row for the purchase once both lanes are in it, else None."""
+    rows = [r for r in sandbox_json(demo, "/sandbox/merged") if r["event_id"] == event_id]
+    return rows[0] if rows and rows[0]["browser_count"] and rows[0]["server_count"] else None
+
+
+def test_a_killed_worker_comes_back_and_the_sandbox_remembers_after_a_restart(browser, tmp_path):
+    """Pay while the worker is dead: the demo starts it again, the webhook and the server
+    Purchase go through, and after `make demo` is stopped and started again the sandbox still
+    shows the browser purchase merged with the server's."""
+    env = demo_settings(tmp_path)
+    with running_demo(env) as demo:
+        steps = Steps(browser, demo, "worker-killed")
+        supervisor = demo["supervisor"]
+        os.kill(started_pid(supervisor.output, "worker"), signal.SIGKILL)
+        number = steps.buy("DE", "grant")
+        event_id = f"order_{number}"
+        output = "".join(supervisor.output)
+        assert "worker exited with code -9" in output, output
+        wait_until(
+            lambda: started_pid(supervisor.output, "worker", after=1),
+            message="the demo to start the worker again",
+        )
+        merged = wait_until(
+            lambda: merged_purchase(demo, event_id), message="both lanes in the sandbox"
+        )
+        assert merged["counted_as"] == 1 and merged["server_count"] == 1
+        browser.get(demo["sandbox"] + "/sandbox/")
+        steps.shot("sandbox-before-restart")
+
+    with running_demo(env) as demo:
+        assert merged_purchase(demo, event_id) == merged
+        browser.get(demo["sandbox"] + "/sandbox/")
+        steps.shot("sandbox-after-restart")
+        row = browser.find_element(By.XPATH, f"//tr[td/code[text()='{event_id}']]").text
+        assert "server + browser" in row and "merged" in row, row
