@@ -73,6 +73,11 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{RUN_DIR / 'd
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / "test-db.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+# Behind a pooler in transaction mode (PgBouncer), each transaction may get another server
+# connection: no server-side cursor may outlive one (Django's docs, "Transaction pooling and
+# server-side cursors").
+if env.bool("TIKTOK_TEST_TRANSACTION_POOLER", default=False):
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 # A worker process started by the tests is pointed at the test database by name.
 if env.str("TIKTOK_TEST_DB_NAME", default=""):
     DATABASES["default"]["NAME"] = env.str("TIKTOK_TEST_DB_NAME")
