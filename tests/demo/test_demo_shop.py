@@ -1,5 +1,6 @@
 """The demo shop, driven in subprocesses so its settings never mix with the test settings."""
 
+import json
 import os
 import queue
 import re
@@ -145,6 +146,49 @@ def test_selfcheck_buys_one_order_through_gateway_and_webhook(tmp_path):
     result = run(demo_env(tmp_path, DEMO_EAGER="1"), "-m", "demo_shop.selfcheck")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "selfcheck OK: order D1001 paid, Purchase order_D1001" in result.stdout
+
+
+def test_the_demo_database_runs_in_wal_mode_with_a_busy_timeout_and_immediate_transactions(
+    tmp_path,
+):
+    result = run(
+        demo_env(tmp_path),
+        "manage.py",
+        "shell",
+        "-c",
+        "from django.db import connection\n"
+        "with connection.cursor() as cursor:\n"
+        "    print(cursor.execute('PRAGMA journal_mode').fetchone()[0])\n"
+        "    print(cursor.execute('PRAGMA busy_timeout').fetchone()[0])\n"
+        "print(connection.transaction_mode)",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # After the line Django 5.2's shell prints about its automatic imports.
+    assert result.stdout.split()[-3:] == ["wal", "30000", "IMMEDIATE"]
+
+
+def test_the_webhook_answers_503_with_retry_after_while_another_process_holds_the_lock(tmp_path):
+    env = demo_env(tmp_path)
+    assert run(env, "manage.py", "migrate", "--noinput", "-v", "0").returncode == 0
+    assert run(env, "manage.py", "seed_demo").returncode == 0
+
+    result = run(env, "-m", "tests.demo.locked_webhook")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen == {
+        "locked_status": 503,
+        "locked_retry_after": "5",
+        "paid_while_locked": False,
+        # The gateway's next try goes through.
+        "retried_status": 200,
+        "paid": True,
+    }
+    # One line saying what happened, no traceback, no shopper's email.
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "database is busy" in line]
+    assert "database is locked" in line and "answered 503" in line
+    assert "@" not in result.stderr
 
 
 @pytest.mark.integration
