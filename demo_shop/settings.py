@@ -133,9 +133,15 @@ TIKTOK_TRACKING = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"routine_tasks": {"()": "demo_shop.logs.RoutineTaskLines"}},
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
         "tiktok_tracking": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "demo_shop": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Three lines every 10 s for the outbox sweep alone would bury the lines that matter.
+        # Level and handlers stay Celery's own (-l INFO): only the filter is added.
+        "celery.beat": {"filters": ["routine_tasks"]},
+        "celery.worker.strategy": {"filters": ["routine_tasks"]},
+        "celery.app.trace": {"filters": ["routine_tasks"]},
     },
 }
