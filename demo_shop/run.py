@@ -173,14 +173,19 @@ def main() -> int:
             ],
         ),
         ("web", [PYTHON, "manage.py", "runserver", f"127.0.0.1:{demo_port}", "--noreload"]),
+        # --quiet: no banners (the worker's is 25 lines); "celery@... ready." and "beat:
+        # Starting..." still say that each is up.
         (
             "worker",
-            [PYTHON, "-m", "celery", "-A", "demo_shop", "worker", "--pool=solo", "-l", "INFO"],
+            [
+                *(PYTHON, "-m", "celery", "-A", "demo_shop", "--quiet", "worker"),
+                *("--pool=solo", "-l", "INFO"),
+            ],
         ),
         (
             "beat",
             [
-                *(PYTHON, "-m", "celery", "-A", "demo_shop", "beat", "-l", "INFO"),
+                *(PYTHON, "-m", "celery", "-A", "demo_shop", "--quiet", "beat", "-l", "INFO"),
                 *("--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"),
             ],
         ),

@@ -13,6 +13,9 @@ from django.urls import reverse
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Gateway-Signature"
+# How long the gateway waits before it tries a failed webhook again; the shop's 503 for a busy
+# database asks for the same in its Retry-After header.
+RETRY_SECONDS = 5
 
 
 def sign(body: bytes) -> str:
@@ -54,5 +57,5 @@ def deliver_gateway_webhook(self, number):
         response.raise_for_status()
     except requests.RequestException as exc:
         logger.warning("Gateway webhook for %s failed (%s), retrying", number, exc)
-        raise self.retry(exc=exc, countdown=5) from exc
+        raise self.retry(exc=exc, countdown=RETRY_SECONDS) from exc
     logger.info("Gateway webhook for %s delivered: HTTP %s", number, response.status_code)

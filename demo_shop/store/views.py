@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core import signing
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.http import Http404, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -18,7 +18,12 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from demo_shop.store.models import Order, OrderLine, Product
-from demo_shop.store.tasks import SIGNATURE_HEADER, deliver_gateway_webhook, verify
+from demo_shop.store.tasks import (
+    RETRY_SECONDS,
+    SIGNATURE_HEADER,
+    deliver_gateway_webhook,
+    verify,
+)
 from tiktok_tracking import capture_context
 from tiktok_tracking.signals import payment_completed
 
@@ -261,14 +266,35 @@ def gateway_webhook(request):
         return HttpResponseBadRequest("unreadable notice")
     if notice.get("type") != "payment.succeeded":
         return JsonResponse({"ok": True, "ignored": notice.get("type")})
-    with transaction.atomic():
-        order = get_object_or_404(Order.objects.select_for_update(), number=number)
-        if order.is_paid:
-            return JsonResponse({"ok": True, "order": number, "already_paid": True})
-        order.status = Order.Status.PAID
-        order.paid_at = timezone.now()
-        order.save(update_fields=["status", "paid_at"])
-        # No browser behind a webhook: request=None, the context captured at checkout is used.
-        payment_completed.send(sender=Order, order=order, request=None)
+    try:
+        with transaction.atomic():
+            order = get_object_or_404(Order.objects.select_for_update(), number=number)
+            if order.is_paid:
+                return JsonResponse({"ok": True, "order": number, "already_paid": True})
+            order.status = Order.Status.PAID
+            order.paid_at = timezone.now()
+            order.save(update_fields=["status", "paid_at"])
+            # No browser behind a webhook: request=None, the context captured at checkout is used.
+            payment_completed.send(sender=Order, order=order, request=None)
+    except OperationalError as exc:
+        if not database_locked(exc):
+            raise
+        # Nothing was written: the gateway sends the notice again, as it does for any 5xx.
+        logger.warning(
+            "Gateway webhook for order %s: the database is busy (%s); answered 503, the "
+            "gateway retries in %d s",
+            number,
+            exc,
+            RETRY_SECONDS,
+        )
+        response = HttpResponse("database busy, try again", status=503, content_type="text/plain")
+        response["Retry-After"] = str(RETRY_SECONDS)
+        return response
     logger.info("Order %s paid", number)
     return JsonResponse({"ok": True, "order": number, "already_paid": False})
+
+
+def database_locked(exc):
+    """Whether ``exc`` is SQLite's lock held by another process past the busy timeout (the web
+    server, the worker and beat share one file), rather than a broken database or query."""
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)

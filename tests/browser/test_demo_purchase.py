@@ -20,6 +20,7 @@ from tests.conftest import wait_until as shared_wait_until
 from tests.demo.test_demo_shop import (
     START_TIMEOUT,
     STOP_TIMEOUT,
+    WORKER_READY,
     Supervisor,
     demo_env,
     free_port,
@@ -44,7 +45,7 @@ def running_demo(env):
     supervisor = Supervisor(env)
     shop_port, sandbox_port = int(env["DEMO_PORT"]), int(env["SANDBOX_PORT"])
     try:
-        assert supervisor.wait_for_line("celery@"), "".join(supervisor.output)
+        assert supervisor.wait_for_line(WORKER_READY), "".join(supervisor.output)
         wait_until(
             lambda: listening(shop_port) and listening(sandbox_port),
             timeout=START_TIMEOUT,

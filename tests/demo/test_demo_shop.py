@@ -1,5 +1,7 @@
 """The demo shop, driven in subprocesses so its settings never mix with the test settings."""
 
+import json
+import logging
 import os
 import queue
 import re
@@ -18,6 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90
 STOP_TIMEOUT = 30
+# The worker's line once it takes tasks: the demo starts it without its banner.
+WORKER_READY = re.compile(r"^\s*worker \| .*celery@\S+ ready\.$", re.MULTILINE)
 
 
 def demo_env(tmp_path, **extra):
@@ -93,10 +97,12 @@ class Supervisor:
             self.lines.put(line)
 
     def wait_for_line(self, text, timeout=START_TIMEOUT):
+        """Read lines until one contains ``text`` (a string) or matches it (a pattern)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if text in self.lines.get(timeout=0.5):
+                line = self.lines.get(timeout=0.5)
+                if text.search(line) if isinstance(text, re.Pattern) else text in line:
                     return True
             except queue.Empty:
                 if self.process.poll() is not None:
@@ -147,6 +153,49 @@ def test_selfcheck_buys_one_order_through_gateway_and_webhook(tmp_path):
     assert "selfcheck OK: order D1001 paid, Purchase order_D1001" in result.stdout
 
 
+def test_the_demo_database_runs_in_wal_mode_with_a_busy_timeout_and_immediate_transactions(
+    tmp_path,
+):
+    result = run(
+        demo_env(tmp_path),
+        "manage.py",
+        "shell",
+        "-c",
+        "from django.db import connection\n"
+        "with connection.cursor() as cursor:\n"
+        "    print(cursor.execute('PRAGMA journal_mode').fetchone()[0])\n"
+        "    print(cursor.execute('PRAGMA busy_timeout').fetchone()[0])\n"
+        "print(connection.transaction_mode)",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # After the line Django 5.2's shell prints about its automatic imports.
+    assert result.stdout.split()[-3:] == ["wal", "30000", "IMMEDIATE"]
+
+
+def test_the_webhook_answers_503_with_retry_after_while_another_process_holds_the_lock(tmp_path):
+    env = demo_env(tmp_path)
+    assert run(env, "manage.py", "migrate", "--noinput", "-v", "0").returncode == 0
+    assert run(env, "manage.py", "seed_demo").returncode == 0
+
+    result = run(env, "-m", "tests.demo.locked_webhook")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen == {
+        "locked_status": 503,
+        "locked_retry_after": "5",
+        "paid_while_locked": False,
+        # The gateway's next try goes through.
+        "retried_status": 200,
+        "paid": True,
+    }
+    # One line saying what happened, no traceback, no shopper's email.
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "database is busy" in line]
+    assert "database is locked" in line and "answered 503" in line
+    assert "@" not in result.stderr
+
+
 @pytest.mark.integration
 def test_make_demo_comes_up_and_stops_everything_on_ctrl_c(tmp_path):
     shop_port, sandbox_port = free_port(), free_port()
@@ -154,7 +203,7 @@ def test_make_demo_comes_up_and_stops_everything_on_ctrl_c(tmp_path):
     demo = Supervisor(env)
     try:
         assert demo.wait_for_line("Ctrl-C stops everything"), "".join(demo.output)
-        assert demo.wait_for_line("celery@"), "".join(demo.output)
+        assert demo.wait_for_line(WORKER_READY), "".join(demo.output)
         deadline = time.monotonic() + START_TIMEOUT
         while not (listening(shop_port) and listening(sandbox_port)):
             assert time.monotonic() < deadline, "".join(demo.output)
@@ -236,7 +285,7 @@ def test_the_demo_restarts_a_killed_worker_and_beat_and_keeps_serving(tmp_path):
     demo = Supervisor(env)
     try:
         assert demo.wait_for_line("Ctrl-C stops everything"), "".join(demo.output)
-        assert demo.wait_for_line("celery@"), "".join(demo.output)
+        assert demo.wait_for_line(WORKER_READY), "".join(demo.output)
         for name in ("worker", "beat"):
             first = started_pid(demo.output, name)
             assert first, "".join(demo.output)
@@ -248,7 +297,7 @@ def test_the_demo_restarts_a_killed_worker_and_beat_and_keeps_serving(tmp_path):
         assert "restarting it in 1 s (restart 1)" in "".join(demo.output)
         # The new worker comes up, and the rest never went down.
         deadline = time.monotonic() + START_TIMEOUT
-        while "".join(demo.output).count(" ready.") < 2:
+        while len(WORKER_READY.findall("".join(demo.output))) < 2:
             assert time.monotonic() < deadline, "".join(demo.output)
             time.sleep(0.2)
         assert demo.process.poll() is None, "".join(demo.output)
@@ -258,3 +307,57 @@ def test_the_demo_restarts_a_killed_worker_and_beat_and_keeps_serving(tmp_path):
         assert demo.process.wait(timeout=STOP_TIMEOUT) == 0, "".join(demo.output)
     finally:
         demo.stop()
+
+
+@pytest.mark.integration
+def test_the_demo_keeps_the_periodic_tasks_routine_lines_out_of_its_output(tmp_path):
+    shop_port, sandbox_port = free_port(), free_port()
+    env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(sandbox_port))
+    demo = Supervisor(env)
+    try:
+        assert demo.wait_for_line(WORKER_READY), "".join(demo.output)
+        deadline = time.monotonic() + START_TIMEOUT
+        while "beat: Starting..." not in "".join(demo.output):
+            assert time.monotonic() < deadline, "".join(demo.output)
+            time.sleep(0.2)
+        # Beat sends the outbox sweep every 10 s.
+        time.sleep(15)
+        demo.process.send_signal(signal.SIGINT)
+        assert demo.process.wait(timeout=STOP_TIMEOUT) == 0, "".join(demo.output)
+    finally:
+        demo.stop()
+    output = "".join(demo.output)
+    # Beat saves its run counts as it stops: the sweep did run while the output was read.
+    runs = run(
+        env,
+        "manage.py",
+        "shell",
+        "-c",
+        "from django_celery_beat.models import PeriodicTask\n"
+        "print(PeriodicTask.objects.get(name='TikTok tracking: sweep outbox').total_run_count)",
+    )
+    assert int(runs.stdout.split()[-1]) >= 1, runs.stdout + runs.stderr
+    assert "Sending due task TikTok tracking: sweep outbox" not in output
+    assert not re.search(r"tiktok_tracking\.sweep_outbox\[\S+\] (received|succeeded)", output)
+    assert "tiktok_tracking.sweep_outbox" not in output
+    # What a newcomer wants to see is still there; the banners are not.
+    assert len(WORKER_READY.findall(output)) == 1, output
+    assert "beat: Starting..." in output
+    assert "Ctrl-C stops everything." in output
+    assert "[tasks]" not in output and "celery beat v" not in output
+
+
+def test_the_routine_filter_passes_other_tasks_and_what_goes_wrong():
+    from demo_shop.logs import RoutineTaskLines
+
+    def passes(level, message, *args):
+        record = logging.LogRecord("celery.app.trace", level, __file__, 1, message, args, None)
+        return RoutineTaskLines().filter(record)
+
+    sweep, webhook = "tiktok_tracking.sweep_outbox", "store.tasks.deliver_gateway_webhook"
+    received = "Task %(name)s[%(id)s] received"
+    assert not passes(logging.INFO, received, {"name": sweep, "id": "1"})
+    assert not passes(logging.INFO, "Sending due task %s (%s)", "sweep", sweep)
+    assert passes(logging.INFO, received, {"name": "tiktok_tracking.deliver_events", "id": "2"})
+    assert passes(logging.INFO, received, {"name": webhook, "id": "3"})
+    assert passes(logging.ERROR, "Task %s raised unexpected: boom", sweep)

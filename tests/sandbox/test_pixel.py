@@ -1,6 +1,7 @@
 """The sandbox's pixel lane over real HTTP: events.js, /sandbox/pixel, the merged view and page."""
 
 import json
+import re
 import time
 
 import pytest
@@ -319,3 +320,34 @@ def test_without_a_store_nothing_is_written(tmp_path, monkeypatch):
         send_server_event(sandbox)
         assert "Kept in memory until the sandbox stops." in sandbox.render_page()
     assert list(tmp_path.iterdir()) == []
+
+
+def verdict_classes(page):
+    """``{event_id: class of its verdict cell}`` from the overview page's merged table."""
+    return dict(re.findall(r'<td><code>([^<]*)</code></td>.*?<td class="(v-[^"]*)"', page))
+
+
+def test_overview_page_warns_only_of_a_purchase_one_lane_sent(sandbox):
+    send_server_event(sandbox, event_id="order_1")
+    post_pixel(sandbox, pixel_call(event_id="order_1"))
+    post_pixel(sandbox, pixel_call(event_id="order_2"))
+    send_server_event(sandbox, event="CompletePayment", event_id="order_3")
+    # What only the pixel sends, with the pixel's random ids.
+    post_pixel(sandbox, pixel_call(event="ViewContent", event_id="a8f3c2d1"))
+    post_pixel(sandbox, pixel_call(event="AddToCart", event_id="5e9b0c7f"))
+    send_server_event(sandbox, event="Subscribe", event_id="sub_4")
+
+    page = requests.get(sandbox.url + "/sandbox/", timeout=5).text
+
+    assert verdict_classes(page) == {
+        "order_1": "v-merged",
+        "order_2": "v-warn",
+        "order_3": "v-warn",
+        "a8f3c2d1": "v-single",
+        "5e9b0c7f": "v-single",
+        "sub_4": "v-single",
+    }
+    assert page.count('title="A purchase only one lane sent so far"') == 2
+    # The warning colour belongs to the purchases alone.
+    assert re.search(r"\.v-warn \{ color: #8a5a00;", page)
+    assert not re.search(r"\.v-single \{[^}]*#8a5a00", page)

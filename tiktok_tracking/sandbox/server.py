@@ -57,6 +57,10 @@ _CORS_HEADERS = (
 MERGED = "merged (both lanes, one event)"
 SERVER_ONLY = "server only"
 BROWSER_ONLY = "browser only"
+# A purchase that one lane alone sent lacks the other lane's copy (or it is not in yet): the
+# page shows it in the warning colour. Other events often come from one lane by design: many
+# shops, the demo among them, send ViewContent and AddToCart from the pixel only.
+PURCHASE_EVENTS = frozenset({"Purchase", "CompletePayment"})
 _PAGE_REQUESTS = 50
 _PAGE_REFRESH_SECONDS = 3
 
@@ -958,7 +962,7 @@ class SandboxServer:
                 f"<td>{esc(lanes)}</td>"
                 f"<td>{row['server_count']}</td>"
                 f"<td>{row['browser_count']}</td>"
-                f'<td class="v-{esc(row["verdict"].split()[0])}">{esc(row["verdict"])}</td>'
+                f"<td{_verdict_attributes(row)}>{esc(row['verdict'])}</td>"
                 f"<td>{row['counted_as']}</td>"
                 "</tr>"
             )
@@ -1004,6 +1008,16 @@ class SandboxServer:
         return f"<SandboxServer {self.url} pixels={sorted(self._pixels or ())}>"
 
 
+def _verdict_attributes(row: dict[str, Any]) -> str:
+    """The verdict cell's class (and title): merged, a purchase one lane alone sent, or any
+    other event one lane sent, which is neutral."""
+    if row["verdict"] == MERGED:
+        return ' class="v-merged"'
+    if row["event"] in PURCHASE_EVENTS:
+        return ' class="v-warn" title="A purchase only one lane sent so far"'
+    return ' class="v-single"'
+
+
 # Self-contained on purpose: the demo must render with the network closed.
 _PAGE_TEMPLATE = """<!doctype html>
 <html lang="en">
@@ -1017,13 +1031,17 @@ table {{ border-collapse: collapse; margin-bottom: 2rem; }}
 th, td {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
 th {{ background: #f2f2f2; }}
 .v-merged {{ color: #176b2c; font-weight: bold; }}
-.v-server, .v-browser {{ color: #8a5a00; }}
+.v-single {{ color: #555; }}
+.v-warn {{ color: #8a5a00; font-weight: bold; }}
 </style>
 </head>
 <body>
 <h1>TikTok sandbox</h1>
 <p>Listening on <code>{url}</code>. Refreshes every {refresh} s.
-Events with the same pixel, name and event_id count once, whichever lane sent them.</p>
+Events with the same pixel, name and event_id count once, whichever lane sent them.
+Events a shop sends from one lane only (the demo's ViewContent and AddToCart come from the
+pixel alone) are shown plain; a purchase one lane alone sent is in amber until the other
+lane's copy arrives.</p>
 <form method="post" action="/sandbox/clear"><button type="submit">Clear</button>
 {kept}</form>
 <h2>What TikTok counts (newest first)</h2>
