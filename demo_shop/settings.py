@@ -126,6 +126,10 @@ TIKTOK_TRACKING = {
     "ORDER_ADAPTER": "demo_shop.store.adapters.DemoOrderAdapter",
     "COUNTRY_RESOLVER": "demo_shop.store.views.country_from_cookie",
     "SWEEP_INTERVAL": 10,
+    # A batch whose worker was killed goes back to the queue within 40 s (the lease and one
+    # sweep), not the default 2 min: long enough for two requests of TIMEOUT (10 s) and their
+    # recording (check E009).
+    "LEASE_SECONDS": 30,
     # What manage.py tiktok_reconcile compares the outbox with.
     "PAID_ORDERS": "demo_shop.store.models.paid_orders",
 }
