@@ -141,10 +141,10 @@ def test_a_reader_never_reads_an_exchange_table_half_written(name, tmp_path, pau
 def test_an_unreadable_message_is_set_aside_and_the_next_one_is_read(tmp_path, caplog):
     conn, channel = channel_of(tmp_path, APP_TRANSPORT)
     # What kombu's transport leaves when its publisher dies between creating and writing.
-    (tmp_path / f"0_dead.{QUEUE}.msg").write_bytes(b"")
+    (tmp_path / f"{0:020d}_dead.{QUEUE}.msg").write_bytes(b"")
     channel._put(QUEUE, {"id": "after"})
     assert channel._get(QUEUE) == {"id": "after"}
-    assert (tmp_path / broker.UNREADABLE / f"0_dead.{QUEUE}.msg").exists()
+    assert (tmp_path / broker.UNREADABLE / f"{0:020d}_dead.{QUEUE}.msg").exists()
     assert "could not be read (0 bytes)" in caplog.text
     with pytest.raises(Empty):
         channel._get(QUEUE)
@@ -153,11 +153,12 @@ def test_an_unreadable_message_is_set_aside_and_the_next_one_is_read(tmp_path, c
 
 def test_messages_keep_their_order_and_each_is_read_once(tmp_path):
     conn, channel = channel_of(tmp_path, APP_TRANSPORT)
-    for i in range(20):
+    # As fast as they come: kombu's millisecond names put messages of one millisecond in the
+    # order of their uuids.
+    for i in range(200):
         channel._put(QUEUE, {"id": i})
-        time.sleep(0.002)  # kombu orders by the millisecond in the name
-    assert channel._size(QUEUE) == 20
-    assert [channel._get(QUEUE)["id"] for _ in range(20)] == list(range(20))
+    assert channel._size(QUEUE) == 200
+    assert [channel._get(QUEUE)["id"] for _ in range(200)] == list(range(200))
     with pytest.raises(Empty):
         channel._get(QUEUE)
     # Nothing is left behind: the staging and claim folders hold no message.

@@ -26,7 +26,7 @@ import shutil
 import uuid
 from pathlib import Path
 from queue import Empty
-from time import monotonic
+from time import monotonic, monotonic_ns
 
 from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
@@ -74,8 +74,13 @@ def create_atomically(path, data):
 
 
 def message_name(queue):
-    """kombu's message file name: the time in ms orders the queue, the uuid makes it unique."""
-    return f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+    """A message file's name: the time orders the queue, the uuid makes it unique.
+
+    kombu's names carry the time in milliseconds, so two messages of one millisecond come out in
+    the order of their uuids. Nanoseconds of the system-wide monotonic clock, zero-padded so
+    that the names sort as the numbers do, keep the order in which they were published.
+    """
+    return f"{monotonic_ns():020d}_{uuid.uuid4()}.{queue}.msg"
 
 
 class ClaimFolder:
