@@ -1,5 +1,6 @@
 """The admin: delivery log, verdicts, masked payloads, permissioned actions, per-order panel."""
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -12,6 +13,7 @@ from django.utils import timezone
 
 from tests.shop.models import Order
 from tiktok_tracking.admin import masked_payload
+from tiktok_tracking.archive import archive_finished
 from tiktok_tracking.delivery import log_attempts
 from tiktok_tracking.models import TrackedEvent
 
@@ -281,3 +283,56 @@ def test_the_delivery_log_links_to_the_dashboard(admin_client_):
     html = admin_client_.get(LIST_URL).content.decode()
     assert 'href="/admin/tiktok_tracking/trackedevent/dashboard/"' in html
     assert admin_client_.get("/admin/tiktok_tracking/trackedevent/dashboard/").status_code == 200
+
+
+# The "last code" filter: "no code" means a request was made and no TikTok code came back.
+
+
+def rows_without_a_code():
+    """{name: row} of every way a row can be without a TikTok code, and one with a code."""
+    made = {}
+    for name, status, fields in (
+        ("http_error", Status.PENDING, {"last_http_status": 503, "last_error": "HTTP 503"}),
+        ("network", Status.FAILED, {"last_error": "Timed out after 10.0s"}),
+        ("suppressed", Status.SUPPRESSED, {"suppressed_reason": "consent denied (DE)"}),
+        ("never_attempted", Status.PENDING, {}),
+        ("refused", Status.FAILED, {"last_code": 40002, "last_error": "code 40002, bad"}),
+    ):
+        row = make_rows(1, status=status, prefix=name)[0]
+        values = {"last_code": None, "last_message": "", **fields}
+        TrackedEvent.objects.filter(pk=row.pk).update(**values)
+        made[name] = row
+    return made
+
+
+def listed_event_ids(html):
+    return set(re.findall(r"<td class=\"field-event_id\">(order_[a-z_]+0)</td>", html))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("table", ["outbox", "archive"])
+def test_no_code_lists_requests_answered_without_a_code_only(admin_client_, table):
+    rows_without_a_code()
+    url = LIST_URL
+    if table == "archive":
+        TrackedEvent.objects.update(status=Status.FAILED)
+        TrackedEvent.objects.filter(event_id="order_suppressed0").update(status=Status.SUPPRESSED)
+        TrackedEvent.objects.filter(event_id="order_never_attempted0").update(
+            status=Status.SUPPRESSED
+        )
+        archive_finished(now=timezone.now() + timedelta(hours=1), retention_hours=0)
+        assert TrackedEvent.objects.count() == 0
+        url = "/admin/tiktok_tracking/archivedevent/"
+    listed = admin_client_.get(url).content.decode()
+    assert "no code (HTTP / network)" in listed
+    html = admin_client_.get(f"{url}?last_code=").content.decode()
+    assert listed_event_ids(html) == {"order_http_error0", "order_network0"}
+
+
+@pytest.mark.django_db
+def test_no_code_is_not_offered_for_rows_that_never_asked_tiktok(admin_client_):
+    rows = rows_without_a_code()
+    TrackedEvent.objects.filter(pk__in=[rows["http_error"].pk, rows["network"].pk]).delete()
+    html = admin_client_.get(LIST_URL).content.decode()
+    assert "no code (HTTP / network)" not in html
+    assert "?last_code=40002" in html

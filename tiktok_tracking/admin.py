@@ -6,6 +6,7 @@ from functools import partial
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import BooleanField, Case, Q, When
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -135,8 +136,7 @@ class IndexedValuesFilter(admin.SimpleListFilter):
         column = model._meta.get_field(self.field).column
         if connection.vendor != "postgresql" or not _leads_an_index(model, self.field):
             return sorted(
-                unindexed_choices(model, request)[self.field],
-                key=lambda value: (value is None, value),
+                self.unindexed_values(model, request), key=lambda value: (value is None, value)
             )
         quoted = connection.ops.quote_name
         # Only the model's own table and column names go into the SQL, quoted; no user input.
@@ -151,9 +151,17 @@ class IndexedValuesFilter(admin.SimpleListFilter):
         with connection.cursor() as cursor:
             cursor.execute(sql)
             values = [row[0] for row in cursor.fetchall()]
-        if model.objects.filter(**{f"{self.field}__isnull": True}).exists():
+        if self.has_empty(model):
             values.append(None)
         return values
+
+    def unindexed_values(self, model, request):
+        """The column's values, None for the empty choice, from the outbox's one scan."""
+        return unindexed_choices(model, request)[self.field]
+
+    def has_empty(self, model):
+        """Whether the choice of rows without a value is offered (one query)."""
+        return model.objects.filter(**{f"{self.field}__isnull": True}).exists()
 
     def lookups(self, request, model_admin):
         return [
@@ -180,12 +188,24 @@ def unindexed_choices(model, request):
     scan of the table, kept on the request so that its filters share it."""
     cache = request.__dict__.setdefault("_tiktok_tracking_choices", {})
     if model not in cache:
-        names = [choice.field for choice in CHOICE_FILTERS]
-        combinations = model.objects.order_by().values_list(*names).distinct()
+        names = [choice.field for choice in CHOICE_FILTERS] + [NO_CODE_CHOICE]
+        combinations = (
+            model.objects.order_by()
+            .annotate(
+                **{
+                    NO_CODE_CHOICE: Case(
+                        When(NO_CODE_ANSWER, then=True), default=False, output_field=BooleanField()
+                    )
+                }
+            )
+            .values_list(*names)
+            .distinct()
+        )
         cache[model] = {name: set() for name in names}
         for values in combinations:
             for name, value in zip(names, values, strict=True):
                 cache[model][name].add(value)
+        cache[model][NO_CODE_CHOICE] = True in cache[model][NO_CODE_CHOICE]
     return cache[model]
 
 
@@ -211,13 +231,40 @@ class CountryFilter(IndexedValuesFilter):
     empty_label = _("unknown")
 
 
+# A request was answered, or failed, without a TikTok code: an HTTP error or a network failure.
+# A suppressed row never asked TikTok anything, and one never attempted has no answer yet; the
+# last error (or HTTP status) is what every recorded outcome but a delivery leaves behind.
+NO_CODE_ANSWER = (
+    Q(last_code__isnull=True)
+    & ~Q(status=Status.SUPPRESSED)
+    & (Q(last_http_status__isnull=False) | ~Q(last_error=""))
+)
+
+
 class CodeFilter(IndexedValuesFilter):
     title = _("last TikTok code")
     parameter_name = field = "last_code"
     empty_label = _("no code (HTTP / network)")
 
+    def unindexed_values(self, model, request):
+        # The outbox's one scan of its filter columns also says whether any row without a code
+        # was answered, or failed, without one.
+        choices = unindexed_choices(model, request)
+        values = choices[self.field] - {None}
+        return values | {None} if choices[NO_CODE_CHOICE] else values
+
+    def has_empty(self, model):
+        return model.objects.filter(NO_CODE_ANSWER).exists()
+
+    def queryset(self, request, queryset):
+        if self.value() == "":
+            return queryset.filter(NO_CODE_ANSWER)
+        return super().queryset(request, queryset)
+
 
 CHOICE_FILTERS = (EventFilter, ConsentStatusFilter, CountryFilter, CodeFilter)
+# Read with the filter columns: whether a row is one of CodeFilter's "no code" rows.
+NO_CODE_CHOICE = "no_code_answer"
 
 
 class EstimatedCountPaginator(Paginator):
