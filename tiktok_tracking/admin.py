@@ -9,10 +9,11 @@ from django.db import connection
 from django.db.models import BooleanField, Case, Q, When
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format, time_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from tiktok_tracking.boundaries import private_url
 from tiktok_tracking.dashboard import dashboard_view
@@ -58,6 +59,79 @@ def badge(text, colour):
         colour,
         text,
     )
+
+
+def to_the_second(value):
+    """A time as the admin shows it here: in the current time zone, as Django shows times, with
+    the seconds (Django's own format stops at the minute); None for none."""
+    if value is None:
+        return None  # the admin's own "empty" sign
+    local = timezone.template_localtime(value)
+    return f"{date_format(local, 'DATE_FORMAT')} {time_format(local, 'H:i:s')}"
+
+
+def clock_time(value, now):
+    """A time within the day as ``HH:MM:SS`` in the current time zone, with its date when that
+    is not today's."""
+    local, today = timezone.template_localtime(value), timezone.template_localtime(now)
+    if local.date() != today.date():
+        return to_the_second(value)
+    return time_format(local, "H:i:s")
+
+
+def duration(seconds):
+    """``seconds`` in words a reader takes in at a glance: "45 s", "1 min 40 s", "2 h 5 min"."""
+    seconds = round(abs(seconds))
+    if seconds < 60:
+        return gettext("%(s)d s") % {"s": seconds}
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return gettext("%(min)d min %(s)d s") % {"min": minutes, "s": seconds}
+    hours, minutes = divmod(minutes, 60)
+    return gettext("%(h)d h %(min)d min") % {"h": hours, "min": minutes}
+
+
+def lease_text(obj, now):
+    """When a row a worker holds goes back to the queue, read from its lease (pure)."""
+    expires = obj.lease_expires_at
+    if expires is None:
+        return ""
+    if expires > now:
+        return gettext("returns to the queue at %(time)s, in %(left)s") % {
+            "time": clock_time(expires, now),
+            "left": duration((expires - now).total_seconds()),
+        }
+    return gettext("lease expired at %(time)s, the sweeper takes it back on its next run") % {
+        "time": clock_time(expires, now)
+    }
+
+
+def claim_text(obj, now):
+    """Who holds a row being sent, since when, and when it returns to the queue (pure)."""
+    if obj.claimed_by:
+        held = gettext("claimed by %(worker)s") % {"worker": obj.claimed_by}
+    else:
+        # Claimed before the app recorded its workers' names.
+        held = gettext("claimed by a worker")
+    if obj.claimed_at is not None:
+        held = gettext("%(held)s since %(time)s") % {
+            "held": held,
+            "time": clock_time(obj.claimed_at, now),
+        }
+    lease = lease_text(obj, now)
+    return f"{held}; {lease}" if lease else held
+
+
+def time_field(field_name, model=TrackedEvent):
+    """An admin display of ``model``'s datetime field ``field_name`` to the second, under its
+    name."""
+    field = model._meta.get_field(field_name)
+
+    @admin.display(description=field.verbose_name, ordering=field_name)
+    def display(model_admin, obj):
+        return to_the_second(getattr(obj, field_name))
+
+    return display
 
 
 def masked_payload(payload, purged=False):
@@ -298,7 +372,7 @@ class TrackedEventAdmin(admin.ModelAdmin):
         "order_id",
         "event",
         "event_id",
-        "status_badge",
+        "status_and_claim",
         "browser_lane",
         "verdict_badge",
         "attempts",
@@ -307,7 +381,7 @@ class TrackedEventAdmin(admin.ModelAdmin):
         "last_request_id",
         "consent_status",
         "country",
-        "created_at",
+        "created",
     )
     list_filter = (
         "status",
@@ -340,7 +414,7 @@ class TrackedEventAdmin(admin.ModelAdmin):
                     "pixel_id",
                     "status_badge",
                     "verdict_badge",
-                    "browser_seen_at",
+                    "browser_receipt",
                 )
             },
         ),
@@ -348,9 +422,10 @@ class TrackedEventAdmin(admin.ModelAdmin):
             _("Delivery"),
             {
                 "fields": (
+                    "claim",
                     "attempts",
-                    "next_attempt_at",
-                    "delivered_at",
+                    "next_attempt",
+                    "delivered",
                     "last_http_status",
                     "last_code",
                     "last_message",
@@ -366,11 +441,24 @@ class TrackedEventAdmin(admin.ModelAdmin):
             {"fields": ("consent_status", "country", "suppressed_reason", "visitor_id")},
         ),
         (_("Payload (personal data masked)"), {"fields": ("payload_masked",)}),
-        (_("Timestamps"), {"fields": ("event_time", "created_at", "updated_at")}),
+        (_("Timestamps"), {"fields": ("event_at", "created", "updated")}),
     )
 
     def get_readonly_fields(self, request, obj=None):
         return [name for fieldset in self.fieldsets for name in fieldset[1]["fields"]]
+
+    def get_fieldsets(self, request, obj=None):
+        # Only what can happen to this row: a next attempt only while it waits in the queue
+        # (a failed row is retried only when resent), a claim only once a worker took it.
+        hidden = set()
+        if obj is None or obj.status != Status.PENDING:
+            hidden.add("next_attempt")
+        if obj is None or (obj.status != Status.SENDING and not obj.claimed_by):
+            hidden.add("claim")
+        return [
+            (title, {**options, "fields": [f for f in options["fields"] if f not in hidden]})
+            for title, options in super().get_fieldsets(request, obj)
+        ]
 
     def get_queryset(self, request):
         # The list never needs the payload: leave the largest column in the database.
@@ -400,6 +488,44 @@ class TrackedEventAdmin(admin.ModelAdmin):
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj):
         return badge(obj.get_status_display(), STATUS_COLOURS.get(obj.status, "#555"))
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_and_claim(self, obj):
+        """The status, and for a row being sent its claim (its page has a line of its own)."""
+        if obj.status != Status.SENDING:
+            return self.status_badge(obj)
+        # Read from the row's own columns: the list's query count does not grow with it.
+        return format_html(
+            '{}<div style="font-size:11px;min-width:14em">{}</div>',
+            self.status_badge(obj),
+            claim_text(obj, timezone.now()),
+        )
+
+    @admin.display(description=_("claim"))
+    def claim(self, obj):
+        now = timezone.now()
+        if obj.status == Status.SENDING:
+            return claim_text(obj, now)
+        # The claim is kept once its outcome is recorded (or the sweeper took it back).
+        return gettext("last claimed by %(worker)s at %(time)s") % {
+            "worker": obj.claimed_by,
+            "time": to_the_second(obj.claimed_at) or "—",
+        }
+
+    @admin.display(description=_("next attempt at"))
+    def next_attempt(self, obj):
+        now = timezone.now()
+        due = obj.next_attempt_at
+        if due > now:
+            left = duration((due - now).total_seconds())
+            return gettext("%(time)s, in %(left)s") % {"time": to_the_second(due), "left": left}
+        return gettext("%(time)s: due, waiting for a worker") % {"time": to_the_second(due)}
+
+    browser_receipt = time_field("browser_seen_at")
+    delivered = time_field("delivered_at")
+    event_at = time_field("event_time")
+    created = time_field("created_at")
+    updated = time_field("updated_at")
 
     @admin.display(description=_("browser lane"), ordering="browser_seen_at")
     def browser_lane(self, obj):
@@ -486,7 +612,7 @@ class TrackedEventAdmin(admin.ModelAdmin):
 
 
 ATTEMPT_COLUMNS = (
-    (_("attempted at"), lambda answer: answer.attempted_at),
+    (_("attempted at"), lambda answer: to_the_second(answer.attempted_at)),
     (_("outcome"), lambda answer: answer.get_outcome_display()),
     (_("HTTP status"), lambda answer: "—" if answer.http_status is None else answer.http_status),
     (_("TikTok code"), lambda answer: "—" if answer.code is None else answer.code),
@@ -526,8 +652,10 @@ class ArchivedEventAdmin(TrackedEventAdmin):
     actions = ()
     fieldsets = (
         *TrackedEventAdmin.fieldsets,
-        (_("Archive"), {"fields": ("archived_at",)}),
+        (_("Archive"), {"fields": ("archived",)}),
     )
+
+    archived = time_field("archived_at", ArchivedEvent)
 
     def get_urls(self):
         return admin.ModelAdmin.get_urls(self)
@@ -616,7 +744,7 @@ def refunds_table(refunds):
         "<li>{} {} {} ({}), {}</li>",
         (
             (
-                refund.refunded_at,
+                to_the_second(refund.refunded_at),
                 plain_amount(refund.amount),
                 refund.currency,
                 _("the whole order") if refund.full else _("partial"),
