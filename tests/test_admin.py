@@ -1,6 +1,8 @@
 """The admin: delivery log, verdicts, masked payloads, permissioned actions, per-order panel."""
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
@@ -11,7 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tests.shop.models import Order
-from tiktok_tracking.admin import masked_payload
+from tiktok_tracking.admin import claim_text, duration, lease_text, masked_payload
+from tiktok_tracking.archive import archive_finished
 from tiktok_tracking.delivery import log_attempts
 from tiktok_tracking.models import TrackedEvent
 
@@ -281,3 +284,198 @@ def test_the_delivery_log_links_to_the_dashboard(admin_client_):
     html = admin_client_.get(LIST_URL).content.decode()
     assert 'href="/admin/tiktok_tracking/trackedevent/dashboard/"' in html
     assert admin_client_.get("/admin/tiktok_tracking/trackedevent/dashboard/").status_code == 200
+
+
+# A row being sent: who holds it, since when, and when it goes back to the queue.
+
+
+def test_lease_text_says_when_the_row_returns_or_that_the_sweeper_takes_it():
+    now = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)
+    held = TrackedEvent(
+        status=Status.SENDING,
+        claimed_by="web-1:4242",
+        claimed_at=now - timedelta(seconds=20),
+        lease_expires_at=now + timedelta(seconds=100),
+    )
+    with timezone.override("UTC"):
+        assert claim_text(held, now) == (
+            "claimed by web-1:4242 since 11:59:40; returns to the queue at 12:01:40, in 1 min 40 s"
+        )
+        assert lease_text(held, now + timedelta(seconds=130)) == (
+            "lease expired at 12:01:40, the sweeper takes it back on its next run"
+        )
+    # In the admin's time zone, as Django shows times.
+    with timezone.override("Asia/Kolkata"):
+        assert lease_text(held, now).startswith("returns to the queue at 17:31:40,")
+
+
+def test_durations_read_at_a_glance():
+    assert [duration(s) for s in (0, 45, 100, 3600, 7500)] == [
+        "0 s",
+        "45 s",
+        "1 min 40 s",
+        "1 h 0 min",
+        "2 h 5 min",
+    ]
+
+
+def sending_rows(n, prefix="s", lease_seconds=100):
+    rows = make_rows(n, status=Status.SENDING, prefix=prefix)
+    now = timezone.now()
+    TrackedEvent.objects.filter(pk__in=[row.pk for row in rows]).update(
+        claimed_by="web-1:4242",
+        claimed_at=now - timedelta(seconds=20),
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        claim_token="t" * 32,
+        last_code=None,
+        last_message="",
+    )
+    return rows
+
+
+RETURNS = re.compile(r"returns to the queue at \d\d:\d\d:\d\d, in 1 min (39|40) s")
+
+
+@pytest.mark.django_db
+def test_a_sending_row_shows_its_worker_and_when_it_returns_to_the_queue(admin_client_):
+    row = sending_rows(1)[0]
+    listed = admin_client_.get(LIST_URL).content.decode()
+    page = admin_client_.get(f"{LIST_URL}{row.pk}/change/").content.decode()
+    for html in (listed, page):
+        assert "claimed by web-1:4242 since " in html
+        assert RETURNS.search(html), html
+
+
+@pytest.mark.django_db
+def test_a_sending_row_past_its_lease_says_the_sweeper_takes_it_back(admin_client_):
+    row = sending_rows(1, lease_seconds=-30)[0]
+    for url in (LIST_URL, f"{LIST_URL}{row.pk}/change/"):
+        html = admin_client_.get(url).content.decode()
+        assert "lease expired at " in html
+        assert "the sweeper takes it back on its next run" in html
+
+
+@pytest.mark.django_db
+def test_a_finished_row_keeps_its_last_claim_on_its_page(admin_client_):
+    row = make_rows(1)[0]
+    TrackedEvent.objects.filter(pk=row.pk).update(
+        claimed_by="worker-7:99", claimed_at=timezone.now()
+    )
+    page = admin_client_.get(f"{LIST_URL}{row.pk}/change/").content.decode()
+    assert "last claimed by worker-7:99 at " in page
+    # The list speaks of claims only for rows being sent.
+    assert "worker-7:99" not in admin_client_.get(LIST_URL).content.decode()
+
+
+@pytest.mark.django_db
+def test_sending_rows_cost_the_list_no_query_of_their_own(admin_client_):
+    def queries(status):
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client_.get(f"{LIST_URL}?status={status}").status_code == 200
+        return len(captured)
+
+    make_rows(3, prefix="d")
+    sending_rows(3, prefix="a")
+    few = queries("sending")
+    assert few == queries("delivered")
+    sending_rows(60, prefix="b")
+    assert queries("sending") == few
+
+
+# The "last code" filter: "no code" means a request was made and no TikTok code came back.
+
+
+def rows_without_a_code():
+    """{name: row} of every way a row can be without a TikTok code, and one with a code."""
+    made = {}
+    for name, status, fields in (
+        ("http_error", Status.PENDING, {"last_http_status": 503, "last_error": "HTTP 503"}),
+        ("network", Status.FAILED, {"last_error": "Timed out after 10.0s"}),
+        ("suppressed", Status.SUPPRESSED, {"suppressed_reason": "consent denied (DE)"}),
+        ("never_attempted", Status.PENDING, {}),
+        ("refused", Status.FAILED, {"last_code": 40002, "last_error": "code 40002, bad"}),
+    ):
+        row = make_rows(1, status=status, prefix=name)[0]
+        values = {"last_code": None, "last_message": "", **fields}
+        TrackedEvent.objects.filter(pk=row.pk).update(**values)
+        made[name] = row
+    return made
+
+
+def listed_event_ids(html):
+    return set(re.findall(r"<td class=\"field-event_id\">(order_[a-z_]+0)</td>", html))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("table", ["outbox", "archive"])
+def test_no_code_lists_requests_answered_without_a_code_only(admin_client_, table):
+    rows_without_a_code()
+    url = LIST_URL
+    if table == "archive":
+        TrackedEvent.objects.update(status=Status.FAILED)
+        TrackedEvent.objects.filter(event_id="order_suppressed0").update(status=Status.SUPPRESSED)
+        TrackedEvent.objects.filter(event_id="order_never_attempted0").update(
+            status=Status.SUPPRESSED
+        )
+        archive_finished(now=timezone.now() + timedelta(hours=1), retention_hours=0)
+        assert TrackedEvent.objects.count() == 0
+        url = "/admin/tiktok_tracking/archivedevent/"
+    listed = admin_client_.get(url).content.decode()
+    assert "no code (HTTP / network)" in listed
+    html = admin_client_.get(f"{url}?last_code=").content.decode()
+    assert listed_event_ids(html) == {"order_http_error0", "order_network0"}
+
+
+@pytest.mark.django_db
+def test_no_code_is_not_offered_for_rows_that_never_asked_tiktok(admin_client_):
+    rows = rows_without_a_code()
+    TrackedEvent.objects.filter(pk__in=[rows["http_error"].pk, rows["network"].pk]).delete()
+    html = admin_client_.get(LIST_URL).content.decode()
+    assert "no code (HTTP / network)" not in html
+    assert "?last_code=40002" in html
+
+
+# The event's page: a next attempt only where one can happen, every time to the second.
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [
+        (Status.PENDING, True),
+        (Status.SENDING, False),
+        (Status.DELIVERED, False),
+        (Status.FAILED, False),
+        (Status.SUPPRESSED, False),
+    ],
+)
+def test_next_attempt_is_shown_only_while_the_row_waits_in_the_queue(admin_client_, status, shown):
+    row = make_rows(1, status=status)[0]
+    TrackedEvent.objects.filter(pk=row.pk).update(
+        attempts=2, next_attempt_at=timezone.now() + timedelta(minutes=5)
+    )
+    html = admin_client_.get(f"{LIST_URL}{row.pk}/change/").content.decode()
+    assert ("Next attempt at" in html) is shown
+    if shown:
+        assert re.search(r", in (4 min 5\d s|5 min 0 s)", html), html
+
+
+@pytest.mark.django_db
+def test_times_are_shown_to_the_second_in_the_admin_s_time_zone(admin_client_, settings):
+    settings.TIME_ZONE = "Asia/Kolkata"
+    row = make_rows(1)[0]
+    at = datetime(2026, 3, 4, 10, 11, 12, tzinfo=dt_timezone.utc)
+    TrackedEvent.objects.filter(pk=row.pk).update(
+        created_at=at,
+        browser_seen_at=at + timedelta(seconds=5),
+        delivered_at=at + timedelta(seconds=9),
+    )
+    log_attempts(
+        [row.pk], attempted_at=at + timedelta(seconds=8), outcome="delivered", batch_size=1
+    )
+    listed = admin_client_.get(LIST_URL).content.decode()
+    assert "15:41:12" in listed
+    page = admin_client_.get(f"{LIST_URL}{row.pk}/change/").content.decode()
+    # Created, the browser's receipt, the request and the delivery, each to its second.
+    for clock in ("15:41:12", "15:41:17", "15:41:20", "15:41:21"):
+        assert f"March 4, 2026 {clock}" in page, clock

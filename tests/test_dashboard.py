@@ -32,6 +32,7 @@ from tiktok_tracking.dashboard import (
     period_days,
     top_groups,
 )
+from tiktok_tracking.dashboard import chart as layout
 from tiktok_tracking.events import MATCH_KEYS
 from tiktok_tracking.models import BrowserReceipt, ConfigChange, DailyRollup, TrackedEvent
 from tiktok_tracking.readiness import store
@@ -340,6 +341,19 @@ def test_chart_coordinates_are_never_localized(language):
     shapes = svg.split("<svg", 1)[1].split(">", 1)[1]  # the svg's own width is "100%"
     numbers = re.findall(r' (?:x|y|width|height|x1|x2|y1|y2|stroke-opacity)="([^"]*)"', shapes)
     assert numbers and all(re.fullmatch(r"-?\d+(\.\d+)?", number) for number in numbers)
+
+
+def test_a_single_day_is_drawn_as_one_day_s_bar_not_across_the_chart():
+    today = timezone.localdate()
+    week = daily_chart(daily_series([{"day": today, "delivered": 3}], today - timedelta(6), 7))
+    (day,) = daily_chart(daily_series([{"day": today, "delivered": 3}], today, 1))["days"]
+    # As wide as a week's bar, centred where the chart's middle is.
+    assert day["bar_width"] == week["days"][0]["bar_width"] <= layout.MAX_BAR_WIDTH
+    middle = (layout.LEFT + layout.WIDTH - layout.RIGHT) / 2
+    assert day["x"] + day["bar_width"] / 2 == pytest.approx(middle, abs=0.1)
+    svg = chart_svg(daily_series([{"day": today, "delivered": 3}], today, 1))
+    bars = svg.split('class="chart-day"', 1)[1]
+    assert re.findall(r'<rect x="[^"]+" y="[^"]+" width="([^"]+)"', bars) == [str(day["bar_width"])]
 
 
 def test_chart_stacks_bars_in_proportion():

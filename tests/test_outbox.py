@@ -1,6 +1,8 @@
 """The outbox in the database: receiver, claims, outcomes, retries, sweeping and purging."""
 
 import json
+import os
+import socket
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -8,6 +10,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 from django.test import RequestFactory, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from hypothesis import given
 from hypothesis import strategies as st
@@ -198,6 +201,35 @@ def test_claim_takes_due_rows_once_and_counts_the_attempt():
     # The payload comes as the stored JSON text, spliced into the request body unchanged.
     assert [json.loads(row.payload_json) for row in claimed] == [row.payload for row in rows]
     assert delivery.claim_due_events(10) == []
+
+
+@pytest.mark.django_db
+def test_a_claim_names_its_worker_and_time_in_its_one_update():
+    _rows(3)
+    now = timezone.now()
+    with CaptureQueriesContext(connection) as captured:
+        claimed = delivery.claim_due_events(10, now=now)
+    # Written by the UPDATE that claims the rows, not by a statement (or one per row) of its own.
+    writes = [q["sql"] for q in captured if q["sql"].lstrip().upper().startswith("UPDATE")]
+    assert len(writes) == 1 and "claimed_by" in writes[0] and "claimed_at" in writes[0]
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    rows = TrackedEvent.objects.filter(pk__in=[row.pk for row in claimed])
+    assert {(row.claimed_by, row.claimed_at) for row in rows} == {(worker, now)}
+    # Kept once the outcome is recorded: the row's page still says who sent it last.
+    delivery.record_outcome(claimed, Outcome(DELIVERED, 200, 0), delivery.DrainReport())
+    assert {(row.status, row.claimed_by) for row in rows.all()} == {(Status.DELIVERED, worker)}
+
+
+@pytest.mark.django_db
+def test_a_long_host_name_is_cut_to_the_column_keeping_the_pid(monkeypatch):
+    # PostgreSQL enforces the column's length: run there (DATABASE_URL) this would fail uncut.
+    monkeypatch.setattr(delivery.socket, "gethostname", lambda: "pod-" + "x" * 300)
+    _rows(1)
+    [claimed] = delivery.claim_due_events(10)
+    claimed_by = TrackedEvent.objects.get(pk=claimed.pk).claimed_by
+    limit = TrackedEvent._meta.get_field("claimed_by").max_length
+    assert len(claimed_by) == limit
+    assert claimed_by.startswith("pod-xxx") and claimed_by.endswith(f":{os.getpid()}")
 
 
 @pytest.mark.django_db(transaction=True)

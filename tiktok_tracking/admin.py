@@ -6,12 +6,14 @@ from functools import partial
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import BooleanField, Case, Q, When
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format, time_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from tiktok_tracking.boundaries import private_url
 from tiktok_tracking.dashboard import dashboard_view
@@ -51,12 +53,88 @@ HASH_PREFIX = 8
 
 
 def badge(text, colour):
+    # A long verdict or suppression reason wraps inside its badge rather than widening the
+    # column and pushing the list past the screen's edge.
     return format_html(
         '<span style="display:inline-block;padding:1px 6px;border-radius:8px;'
-        'color:#fff;background:{};font-size:11px;white-space:nowrap">{}</span>',
+        "color:#fff;background:{};font-size:11px;white-space:normal;max-width:16em;"
+        'overflow-wrap:anywhere">{}</span>',
         colour,
         text,
     )
+
+
+def to_the_second(value):
+    """A time as the admin shows it here: in the current time zone, as Django shows times, with
+    the seconds (Django's own format stops at the minute); None for none."""
+    if value is None:
+        return None  # the admin's own "empty" sign
+    local = timezone.template_localtime(value)
+    return f"{date_format(local, 'DATE_FORMAT')} {time_format(local, 'H:i:s')}"
+
+
+def clock_time(value, now):
+    """A time within the day as ``HH:MM:SS`` in the current time zone, with its date when that
+    is not today's."""
+    local, today = timezone.template_localtime(value), timezone.template_localtime(now)
+    if local.date() != today.date():
+        return to_the_second(value)
+    return time_format(local, "H:i:s")
+
+
+def duration(seconds):
+    """``seconds`` in words a reader takes in at a glance: "45 s", "1 min 40 s", "2 h 5 min"."""
+    seconds = round(abs(seconds))
+    if seconds < 60:
+        return gettext("%(s)d s") % {"s": seconds}
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return gettext("%(min)d min %(s)d s") % {"min": minutes, "s": seconds}
+    hours, minutes = divmod(minutes, 60)
+    return gettext("%(h)d h %(min)d min") % {"h": hours, "min": minutes}
+
+
+def lease_text(obj, now):
+    """When a row a worker holds goes back to the queue, read from its lease (pure)."""
+    expires = obj.lease_expires_at
+    if expires is None:
+        return ""
+    if expires > now:
+        return gettext("returns to the queue at %(time)s, in %(left)s") % {
+            "time": clock_time(expires, now),
+            "left": duration((expires - now).total_seconds()),
+        }
+    return gettext("lease expired at %(time)s, the sweeper takes it back on its next run") % {
+        "time": clock_time(expires, now)
+    }
+
+
+def claim_text(obj, now):
+    """Who holds a row being sent, since when, and when it returns to the queue (pure)."""
+    if obj.claimed_by:
+        held = gettext("claimed by %(worker)s") % {"worker": obj.claimed_by}
+    else:
+        # Claimed before the app recorded its workers' names.
+        held = gettext("claimed by a worker")
+    if obj.claimed_at is not None:
+        held = gettext("%(held)s since %(time)s") % {
+            "held": held,
+            "time": clock_time(obj.claimed_at, now),
+        }
+    lease = lease_text(obj, now)
+    return f"{held}; {lease}" if lease else held
+
+
+def time_field(field_name, model=TrackedEvent):
+    """An admin display of ``model``'s datetime field ``field_name`` to the second, under its
+    name."""
+    field = model._meta.get_field(field_name)
+
+    @admin.display(description=field.verbose_name, ordering=field_name)
+    def display(model_admin, obj):
+        return to_the_second(getattr(obj, field_name))
+
+    return display
 
 
 def masked_payload(payload, purged=False):
@@ -135,8 +213,7 @@ class IndexedValuesFilter(admin.SimpleListFilter):
         column = model._meta.get_field(self.field).column
         if connection.vendor != "postgresql" or not _leads_an_index(model, self.field):
             return sorted(
-                unindexed_choices(model, request)[self.field],
-                key=lambda value: (value is None, value),
+                self.unindexed_values(model, request), key=lambda value: (value is None, value)
             )
         quoted = connection.ops.quote_name
         # Only the model's own table and column names go into the SQL, quoted; no user input.
@@ -151,9 +228,17 @@ class IndexedValuesFilter(admin.SimpleListFilter):
         with connection.cursor() as cursor:
             cursor.execute(sql)
             values = [row[0] for row in cursor.fetchall()]
-        if model.objects.filter(**{f"{self.field}__isnull": True}).exists():
+        if self.has_empty(model):
             values.append(None)
         return values
+
+    def unindexed_values(self, model, request):
+        """The column's values, None for the empty choice, from the outbox's one scan."""
+        return unindexed_choices(model, request)[self.field]
+
+    def has_empty(self, model):
+        """Whether the choice of rows without a value is offered (one query)."""
+        return model.objects.filter(**{f"{self.field}__isnull": True}).exists()
 
     def lookups(self, request, model_admin):
         return [
@@ -180,12 +265,24 @@ def unindexed_choices(model, request):
     scan of the table, kept on the request so that its filters share it."""
     cache = request.__dict__.setdefault("_tiktok_tracking_choices", {})
     if model not in cache:
-        names = [choice.field for choice in CHOICE_FILTERS]
-        combinations = model.objects.order_by().values_list(*names).distinct()
+        names = [choice.field for choice in CHOICE_FILTERS] + [NO_CODE_CHOICE]
+        combinations = (
+            model.objects.order_by()
+            .annotate(
+                **{
+                    NO_CODE_CHOICE: Case(
+                        When(NO_CODE_ANSWER, then=True), default=False, output_field=BooleanField()
+                    )
+                }
+            )
+            .values_list(*names)
+            .distinct()
+        )
         cache[model] = {name: set() for name in names}
         for values in combinations:
             for name, value in zip(names, values, strict=True):
                 cache[model][name].add(value)
+        cache[model][NO_CODE_CHOICE] = True in cache[model][NO_CODE_CHOICE]
     return cache[model]
 
 
@@ -211,13 +308,40 @@ class CountryFilter(IndexedValuesFilter):
     empty_label = _("unknown")
 
 
+# A request was answered, or failed, without a TikTok code: an HTTP error or a network failure.
+# A suppressed row never asked TikTok anything, and one never attempted has no answer yet; the
+# last error (or HTTP status) is what every recorded outcome but a delivery leaves behind.
+NO_CODE_ANSWER = (
+    Q(last_code__isnull=True)
+    & ~Q(status=Status.SUPPRESSED)
+    & (Q(last_http_status__isnull=False) | ~Q(last_error=""))
+)
+
+
 class CodeFilter(IndexedValuesFilter):
     title = _("last TikTok code")
     parameter_name = field = "last_code"
     empty_label = _("no code (HTTP / network)")
 
+    def unindexed_values(self, model, request):
+        # The outbox's one scan of its filter columns also says whether any row without a code
+        # was answered, or failed, without one.
+        choices = unindexed_choices(model, request)
+        values = choices[self.field] - {None}
+        return values | {None} if choices[NO_CODE_CHOICE] else values
+
+    def has_empty(self, model):
+        return model.objects.filter(NO_CODE_ANSWER).exists()
+
+    def queryset(self, request, queryset):
+        if self.value() == "":
+            return queryset.filter(NO_CODE_ANSWER)
+        return super().queryset(request, queryset)
+
 
 CHOICE_FILTERS = (EventFilter, ConsentStatusFilter, CountryFilter, CodeFilter)
+# Read with the filter columns: whether a row is one of CodeFilter's "no code" rows.
+NO_CODE_CHOICE = "no_code_answer"
 
 
 class EstimatedCountPaginator(Paginator):
@@ -247,20 +371,22 @@ class EstimatedCountPaginator(Paginator):
 
 @admin.register(TrackedEvent)
 class TrackedEventAdmin(admin.ModelAdmin):
+    # What a reader looks for first, first: at 1280 px, with the admin's sidebar and the filters
+    # open, the verdict and the status are on screen without scrolling sideways.
     list_display = (
         "order_id",
         "event",
-        "event_id",
-        "status_badge",
-        "browser_lane",
         "verdict_badge",
+        "status_and_claim",
+        "event_id",
+        "browser_lane",
         "attempts",
         "last_code",
         "short_message",
         "last_request_id",
         "consent_status",
         "country",
-        "created_at",
+        "created",
     )
     list_filter = (
         "status",
@@ -293,7 +419,7 @@ class TrackedEventAdmin(admin.ModelAdmin):
                     "pixel_id",
                     "status_badge",
                     "verdict_badge",
-                    "browser_seen_at",
+                    "browser_receipt",
                 )
             },
         ),
@@ -301,9 +427,10 @@ class TrackedEventAdmin(admin.ModelAdmin):
             _("Delivery"),
             {
                 "fields": (
+                    "claim",
                     "attempts",
-                    "next_attempt_at",
-                    "delivered_at",
+                    "next_attempt",
+                    "delivered",
                     "last_http_status",
                     "last_code",
                     "last_message",
@@ -319,11 +446,24 @@ class TrackedEventAdmin(admin.ModelAdmin):
             {"fields": ("consent_status", "country", "suppressed_reason", "visitor_id")},
         ),
         (_("Payload (personal data masked)"), {"fields": ("payload_masked",)}),
-        (_("Timestamps"), {"fields": ("event_time", "created_at", "updated_at")}),
+        (_("Timestamps"), {"fields": ("event_at", "created", "updated")}),
     )
 
     def get_readonly_fields(self, request, obj=None):
         return [name for fieldset in self.fieldsets for name in fieldset[1]["fields"]]
+
+    def get_fieldsets(self, request, obj=None):
+        # Only what can happen to this row: a next attempt only while it waits in the queue
+        # (a failed row is retried only when resent), a claim only once a worker took it.
+        hidden = set()
+        if obj is None or obj.status != Status.PENDING:
+            hidden.add("next_attempt")
+        if obj is None or (obj.status != Status.SENDING and not obj.claimed_by):
+            hidden.add("claim")
+        return [
+            (title, {**options, "fields": [f for f in options["fields"] if f not in hidden]})
+            for title, options in super().get_fieldsets(request, obj)
+        ]
 
     def get_queryset(self, request):
         # The list never needs the payload: leave the largest column in the database.
@@ -354,6 +494,44 @@ class TrackedEventAdmin(admin.ModelAdmin):
     def status_badge(self, obj):
         return badge(obj.get_status_display(), STATUS_COLOURS.get(obj.status, "#555"))
 
+    @admin.display(description=_("status"), ordering="status")
+    def status_and_claim(self, obj):
+        """The status, and for a row being sent its claim (its page has a line of its own)."""
+        if obj.status != Status.SENDING:
+            return self.status_badge(obj)
+        # Read from the row's own columns: the list's query count does not grow with it.
+        return format_html(
+            '{}<div style="font-size:11px;min-width:14em">{}</div>',
+            self.status_badge(obj),
+            claim_text(obj, timezone.now()),
+        )
+
+    @admin.display(description=_("claim"))
+    def claim(self, obj):
+        now = timezone.now()
+        if obj.status == Status.SENDING:
+            return claim_text(obj, now)
+        # The claim is kept once its outcome is recorded (or the sweeper took it back).
+        return gettext("last claimed by %(worker)s at %(time)s") % {
+            "worker": obj.claimed_by,
+            "time": to_the_second(obj.claimed_at) or "—",
+        }
+
+    @admin.display(description=_("next attempt at"))
+    def next_attempt(self, obj):
+        now = timezone.now()
+        due = obj.next_attempt_at
+        if due > now:
+            left = duration((due - now).total_seconds())
+            return gettext("%(time)s, in %(left)s") % {"time": to_the_second(due), "left": left}
+        return gettext("%(time)s: due, waiting for a worker") % {"time": to_the_second(due)}
+
+    browser_receipt = time_field("browser_seen_at")
+    delivered = time_field("delivered_at")
+    event_at = time_field("event_time")
+    created = time_field("created_at")
+    updated = time_field("updated_at")
+
     @admin.display(description=_("browser lane"), ordering="browser_seen_at")
     def browser_lane(self, obj):
         return _("seen") if obj.browser_seen_at else "—"
@@ -364,7 +542,11 @@ class TrackedEventAdmin(admin.ModelAdmin):
         label = VERDICTS[verdict]
         if verdict == "suppressed" and obj.suppressed_reason:
             label = f"{label}: {obj.suppressed_reason}"
-        return badge(label, VERDICT_COLOURS[verdict])
+        # Room for a verdict on a line or two: squeezed by the columns beside it, a long
+        # suppression reason would otherwise wrap a word a line.
+        return format_html(
+            '<div style="min-width:10em">{}</div>', badge(label, VERDICT_COLOURS[verdict])
+        )
 
     @admin.display(description=_("last message"))
     def short_message(self, obj):
@@ -439,7 +621,7 @@ class TrackedEventAdmin(admin.ModelAdmin):
 
 
 ATTEMPT_COLUMNS = (
-    (_("attempted at"), lambda answer: answer.attempted_at),
+    (_("attempted at"), lambda answer: to_the_second(answer.attempted_at)),
     (_("outcome"), lambda answer: answer.get_outcome_display()),
     (_("HTTP status"), lambda answer: "—" if answer.http_status is None else answer.http_status),
     (_("TikTok code"), lambda answer: "—" if answer.code is None else answer.code),
@@ -479,8 +661,10 @@ class ArchivedEventAdmin(TrackedEventAdmin):
     actions = ()
     fieldsets = (
         *TrackedEventAdmin.fieldsets,
-        (_("Archive"), {"fields": ("archived_at",)}),
+        (_("Archive"), {"fields": ("archived",)}),
     )
+
+    archived = time_field("archived_at", ArchivedEvent)
 
     def get_urls(self):
         return admin.ModelAdmin.get_urls(self)
@@ -569,7 +753,7 @@ def refunds_table(refunds):
         "<li>{} {} {} ({}), {}</li>",
         (
             (
-                refund.refunded_at,
+                to_the_second(refund.refunded_at),
                 plain_amount(refund.amount),
                 refund.currency,
                 _("the whole order") if refund.full else _("partial"),

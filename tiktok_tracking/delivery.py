@@ -2,8 +2,10 @@
 
 import json
 import logging
+import os
 import random
 import re
+import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +129,14 @@ def failing_item_index(message):
     return int(match.group(1)) if match else None
 
 
+def worker_name():
+    """This process as a claim names it: ``host:pid``, the host cut so that the pid always fits
+    the ``claimed_by`` column."""
+    pid = f":{os.getpid()}"
+    room = TrackedEvent._meta.get_field("claimed_by").max_length - len(pid)
+    return socket.gethostname()[:room] + pid
+
+
 def claim_due_events(limit, *, now=None, lease_seconds=None):
     """Claim up to ``limit`` due rows for this worker and return them, oldest first.
 
@@ -138,10 +148,17 @@ def claim_due_events(limit, *, now=None, lease_seconds=None):
     now = now or timezone.now()
     lease = timedelta(seconds=lease_seconds or conf.get("LEASE_SECONDS"))
     token = uuid.uuid4().hex
+    worker = worker_name()
     alias = router.db_for_write(TrackedEvent)
     if sql.on_postgresql(alias):
         rows = sql.claim_due(
-            alias, CLAIMED_FIELDS, limit=limit, token=token, now=now, lease_until=now + lease
+            alias,
+            CLAIMED_FIELDS,
+            limit=limit,
+            token=token,
+            worker=worker,
+            now=now,
+            lease_until=now + lease,
         )
         return [ClaimedRow(*row) for row in rows]
     candidates = TrackedEvent.objects.due(now).order_by("next_attempt_at", "pk")
@@ -158,6 +175,8 @@ def claim_due_events(limit, *, now=None, lease_seconds=None):
             status=Status.SENDING,
             claim_token=token,
             lease_expires_at=now + lease,
+            claimed_by=worker,
+            claimed_at=now,
             attempts=F("attempts") + 1,
             updated_at=now,
         )

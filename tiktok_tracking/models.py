@@ -72,6 +72,18 @@ class EventFields(models.Model):
         help_text=_("While sending: when the sweeper may take the row back from its worker."),
     )
     claim_token = models.CharField(_("claim token"), max_length=32, blank=True)
+    # The last claim, kept after its outcome is recorded: once the sweeper has taken a row
+    # back, or a batch went wrong, its page still names the worker that held it. NULL, not "",
+    # until a claim: processes of the previous release, which do not name the column, go on
+    # recording checkouts (and archiving) while the migration that adds it is applied.
+    claimed_by = models.CharField(  # noqa: DJ001
+        _("last claimed by"),
+        max_length=80,
+        null=True,
+        blank=True,
+        help_text=_("The worker's host name and process id, e.g. web-1:4242."),
+    )
+    claimed_at = models.DateTimeField(_("last claimed at"), null=True, blank=True)
     last_http_status = models.PositiveSmallIntegerField(
         _("last HTTP status"), null=True, blank=True
     )

@@ -104,6 +104,7 @@ def _claim_sql(alias, names):
     return (
         f"UPDATE {table} SET {column('status')} = '{sending}', "  # noqa: S608
         f"{column('claim_token')} = %s, {column('lease_expires_at')} = %s, "
+        f"{column('claimed_by')} = %s, {column('claimed_at')} = %s, "
         f"{column('attempts')} = {column('attempts')} + 1, {column('updated_at')} = %s "
         f"WHERE {pk} IN (SELECT {pk} FROM {table} WHERE {column('status')} = '{pending}' "
         f"AND {column('next_attempt_at')} <= %s "
@@ -118,12 +119,13 @@ def on_postgresql(alias):
     return connections[alias].vendor == "postgresql"
 
 
-def claim_due(alias, names, *, limit, token, now, lease_until):
-    """Claim up to ``limit`` due rows for ``token``: their fields ``names`` (``payload_json``:
-    the payload as its JSON text) and whether the archive holds their event, oldest due
-    first."""
+def claim_due(alias, names, *, limit, token, worker, now, lease_until):
+    """Claim up to ``limit`` due rows for ``token``, held by ``worker`` (``host:pid``): their
+    fields ``names`` (``payload_json``: the payload as its JSON text) and whether the archive
+    holds their event, oldest due first."""
+    params = [token, lease_until, worker, now, now, now, limit]
     with connections[alias].cursor() as cursor:
-        cursor.execute(_claim_sql(alias, tuple(names)), [token, lease_until, now, now, limit])
+        cursor.execute(_claim_sql(alias, tuple(names)), params)
         rows = cursor.fetchall()
     # RETURNING keeps no order: sort by the due time it returns last, then drop it.
     rows.sort(key=lambda row: (row[-1], row[0]))

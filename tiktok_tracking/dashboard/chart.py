@@ -20,6 +20,9 @@ BOTTOM = 34
 LEGEND_STEP = 110
 # About ten date labels at most, so thirty days stay readable.
 MAX_DAY_LABELS = 10
+# As wide as a week's bars: a day alone (?days=1) is drawn as one day's bar, centred, rather
+# than as a block across the whole chart.
+MAX_BAR_WIDTH = 66
 
 
 def nice_ceiling(value):
@@ -80,7 +83,7 @@ def daily_chart(days):
     totals = [sum(int(day.get(name, 0)) for name, _l, _c in CHART_SERIES) for day in days]
     peak = nice_ceiling(max(totals))
     slot = plot_width / len(days)
-    bar_width = max(1.0, slot * 0.7)
+    bar_width = min(MAX_BAR_WIDTH, max(1.0, slot * 0.7))
     label_every = max(1, math.ceil(len(days) / MAX_DAY_LABELS))
     chart["ceiling"] = peak
     for index, (_name, label, colour) in enumerate(CHART_SERIES):
