@@ -58,7 +58,7 @@ def badge(text, colour):
     return format_html(
         '<span style="display:inline-block;padding:1px 6px;border-radius:8px;'
         "color:#fff;background:{};font-size:11px;white-space:normal;max-width:16em;"
-        'overflow-wrap:anywhere">{}</span>',
+        'overflow-wrap:break-word">{}</span>',
         colour,
         text,
     )
