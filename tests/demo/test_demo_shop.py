@@ -198,12 +198,8 @@ def test_the_webhook_answers_503_with_retry_after_while_another_process_holds_th
 
 @pytest.mark.integration
 def test_make_demo_comes_up_and_stops_everything_on_ctrl_c(tmp_path):
-    shop_port, sandbox_port = free_port(), free_port()
-    env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(sandbox_port))
-    demo = Supervisor(env)
+    demo, shop_port, sandbox_port = start_demo(tmp_path)
     try:
-        assert demo.wait_for_line("Ctrl-C stops everything"), "".join(demo.output)
-        assert demo.wait_for_line(WORKER_READY), "".join(demo.output)
         deadline = time.monotonic() + START_TIMEOUT
         while not (listening(shop_port) and listening(sandbox_port)):
             assert time.monotonic() < deadline, "".join(demo.output)
@@ -272,6 +268,21 @@ def test_a_simulated_stopped_worker_turns_its_market_not_ready(tmp_path):
     assert "oldest undelivered purchase waiting 90 min" in stopped.stdout
 
 
+def start_demo(tmp_path):
+    """``python -m demo_shop.run`` on ports of its own, once its worker is ready:
+    ``(supervisor, shop_port, sandbox_port)``; the caller stops it."""
+    shop_port, sandbox_port = free_port(), free_port()
+    env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(sandbox_port))
+    demo = Supervisor(env)
+    try:
+        assert demo.wait_for_line("Ctrl-C stops everything"), "".join(demo.output)
+        assert demo.wait_for_line(WORKER_READY), "".join(demo.output)
+    except BaseException:
+        demo.stop()
+        raise
+    return demo, shop_port, sandbox_port
+
+
 def started_pid(output, name, after=0):
     """The pid of the ``after``-th (0: first) start of child ``name`` the supervisor reported."""
     pids = re.findall(rf"\b{name} started \(pid (\d+)\)", "".join(output))
@@ -280,12 +291,8 @@ def started_pid(output, name, after=0):
 
 @pytest.mark.integration
 def test_the_demo_restarts_a_killed_worker_and_beat_and_keeps_serving(tmp_path):
-    shop_port, sandbox_port = free_port(), free_port()
-    env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(sandbox_port))
-    demo = Supervisor(env)
+    demo, shop_port, sandbox_port = start_demo(tmp_path)
     try:
-        assert demo.wait_for_line("Ctrl-C stops everything"), "".join(demo.output)
-        assert demo.wait_for_line(WORKER_READY), "".join(demo.output)
         for name in ("worker", "beat"):
             first = started_pid(demo.output, name)
             assert first, "".join(demo.output)
@@ -311,11 +318,8 @@ def test_the_demo_restarts_a_killed_worker_and_beat_and_keeps_serving(tmp_path):
 
 @pytest.mark.integration
 def test_the_demo_keeps_the_periodic_tasks_routine_lines_out_of_its_output(tmp_path):
-    shop_port, sandbox_port = free_port(), free_port()
-    env = demo_env(tmp_path, DEMO_PORT=str(shop_port), SANDBOX_PORT=str(sandbox_port))
-    demo = Supervisor(env)
+    demo, _shop_port, _sandbox_port = start_demo(tmp_path)
     try:
-        assert demo.wait_for_line(WORKER_READY), "".join(demo.output)
         deadline = time.monotonic() + START_TIMEOUT
         while "beat: Starting..." not in "".join(demo.output):
             assert time.monotonic() < deadline, "".join(demo.output)
@@ -329,7 +333,7 @@ def test_the_demo_keeps_the_periodic_tasks_routine_lines_out_of_its_output(tmp_p
     output = "".join(demo.output)
     # Beat saves its run counts as it stops: the sweep did run while the output was read.
     runs = run(
-        env,
+        demo_env(tmp_path),  # the demo's database: the ports do not matter here
         "manage.py",
         "shell",
         "-c",
