@@ -30,6 +30,7 @@ from tiktok_tracking.sandbox.validation import (
     token_status,
     validate_request,
 )
+from tiktok_tracking.standards import PURCHASE_EVENT_NAMES
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -57,10 +58,6 @@ _CORS_HEADERS = (
 MERGED = "merged (both lanes, one event)"
 SERVER_ONLY = "server only"
 BROWSER_ONLY = "browser only"
-# A purchase that one lane alone sent lacks the other lane's copy (or it is not in yet): the
-# page shows it in the warning colour. Other events often come from one lane by design: many
-# shops, the demo among them, send ViewContent and AddToCart from the pixel only.
-PURCHASE_EVENTS = frozenset({"Purchase", "CompletePayment"})
 _PAGE_REQUESTS = 50
 _PAGE_REFRESH_SECONDS = 3
 
@@ -1010,10 +1007,15 @@ class SandboxServer:
 
 def _verdict_attributes(row: dict[str, Any]) -> str:
     """The verdict cell's class (and title): merged, a purchase one lane alone sent, or any
-    other event one lane sent, which is neutral."""
+    other event one lane sent, which is neutral.
+
+    A purchase that one lane alone sent lacks the other lane's copy (or it is not in yet), so it
+    is in the warning colour. Other events often come from one lane by design: many shops, the
+    demo among them, send ViewContent and AddToCart from the pixel only.
+    """
     if row["verdict"] == MERGED:
         return ' class="v-merged"'
-    if row["event"] in PURCHASE_EVENTS:
+    if row["event"] in PURCHASE_EVENT_NAMES:
         return ' class="v-warn" title="A purchase only one lane sent so far"'
     return ' class="v-single"'
 
