@@ -15,6 +15,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.received.append((self.path, self.headers, body))
+        time.sleep(self.server.delay)
         status = self.server.answers.pop(0) if self.server.answers else 204
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -25,11 +26,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def alert_endpoint():
+def alert_endpoint(delay=0.0):
     """A running server: ``.url``, ``.received`` [(path, headers, body)] and ``.answers``, the
-    statuses to give the next POSTs (204 once they run out)."""
+    statuses to give the next POSTs (204 once they run out), each given ``delay`` seconds
+    after the POST arrived."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.received, server.answers = [], []
+    server.received, server.answers, server.delay = [], [], delay
     server.url = f"http://127.0.0.1:{server.server_port}/alerts"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

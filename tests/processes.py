@@ -111,8 +111,9 @@ def start_worker(env, log_dir, *, name=None, extra_args=()):
     return worker.wait_ready(WORKER_READY)
 
 
-def start_beat(env, log_dir):
-    """A beat process with django-celery-beat's DatabaseScheduler, started and ready."""
+def start_beat(env, log_dir, *, name="beat"):
+    """A beat process with django-celery-beat's DatabaseScheduler, started and ready; a second
+    one beside it needs a ``name`` of its own (its log and pid file)."""
     log_dir = Path(log_dir)
     beat = CeleryProcess(
         "beat",
@@ -120,9 +121,9 @@ def start_beat(env, log_dir):
             "--loglevel=INFO",
             "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
             "--max-interval=1",
-            f"--pidfile={log_dir / 'beat.pid'}",
+            f"--pidfile={log_dir / f'{name}.pid'}",
         ],
         env,
-        log_dir / "beat.log",
+        log_dir / f"{name}.log",
     )
     return beat.wait_ready(BEAT_READY)

@@ -1,5 +1,6 @@
 """Test settings: SQLite and the server-less broker unless the environment names others."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -147,4 +148,10 @@ if env.str("TIKTOK_TEST_ALERT_WEBHOOK_URL", default=""):
     TIKTOK_TRACKING["READINESS"] = {
         "ALERT_WEBHOOK_URL": env.str("TIKTOK_TEST_ALERT_WEBHOOK_URL"),
         "ALERT_WEBHOOK_SECRET": env.str("TIKTOK_TEST_ALERT_WEBHOOK_SECRET", default=""),
+    }
+# Further READINESS keys for the workers of tests/faults/test_two_beats.py, as JSON.
+if env.str("TIKTOK_TEST_READINESS", default=""):
+    TIKTOK_TRACKING["READINESS"] = {
+        **TIKTOK_TRACKING.get("READINESS", {}),
+        **json.loads(env.str("TIKTOK_TEST_READINESS")),
     }

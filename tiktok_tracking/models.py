@@ -320,6 +320,18 @@ class ReadinessReport(models.Model):
     # The latest configuration record when the report was computed: the next report alerts on
     # the records after it (an id, not a time: processes' clocks and commits interleave).
     config_change_id = models.BigIntegerField(_("configuration record"), null=True, blank=True)
+    # The report this one was compared with, the latest when it was computed. Unique: of two
+    # runs that read the same latest report (two beats, or a slow run overlapping the next),
+    # only the first to store its report keeps it and raises the alerts, never both.
+    previous = models.OneToOneField(
+        "self",
+        verbose_name=_("compared with"),
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="next_report",
+    )
 
     class Meta:
         verbose_name = _("readiness report")

@@ -86,4 +86,6 @@ def assess_readiness():
     stored = store.assess()
     # New alerts, and the ones whose webhook delivery is due for another try.
     alerts.deliver_alerts()
-    logger.info("TikTok readiness: %d market(s) judged", len(stored.document.get("markets", ())))
+    if stored is not None:
+        markets = len(stored.document.get("markets", ()))
+        logger.info("TikTok readiness: %d market(s) judged", markets)

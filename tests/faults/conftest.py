@@ -62,8 +62,8 @@ class Cluster:
         self.log_dir = log_dir
         self.processes = []
 
-    def worker(self, *, prefork=False, **env):
-        extra = ("--pool=prefork", "--concurrency=1") if prefork else ()
+    def worker(self, *, prefork=False, extra_args=(), **env):
+        extra = (*(("--pool=prefork", "--concurrency=1") if prefork else ()), *extra_args)
         worker = processes.start_worker(
             {**self.env, **env},
             self.log_dir,
@@ -74,7 +74,9 @@ class Cluster:
         return worker
 
     def beat(self, **env):
-        beat = processes.start_beat({**self.env, **env}, self.log_dir)
+        beat = processes.start_beat(
+            {**self.env, **env}, self.log_dir, name=f"beat{len(self.processes)}"
+        )
         self.processes.append(beat)
         return beat
 

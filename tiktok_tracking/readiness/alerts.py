@@ -7,7 +7,8 @@ or double what TikTok counts (``config_log.WATCHED``), becomes an alert of its o
 ``tracking_config_changed`` signal. Out of the box, a receiver mails the site admins
 (``mail_admins``); when READINESS names a webhook, the alert is POSTed there as signed JSON by
 ``deliver_alerts``, retried with backoff and recorded on its row. A market seen for the first
-time raises no alert: there is no change to report.
+time raises no alert: there is no change to report. Two runs at once (two beats by accident)
+raise each alert once (``store.assess``) and post it once (``claim``).
 """
 
 import hashlib
@@ -20,6 +21,7 @@ from itertools import pairwise
 
 import requests
 from django.core.mail import mail_admins
+from django.db.models import F
 from django.utils import timezone
 
 from tiktok_tracking import conf
@@ -149,6 +151,23 @@ def signed_request(alert, secret, timestamp=None):
     return body, headers
 
 
+def claim(alert):
+    """Take ``alert`` for one POST, counting the attempt; False if another run took it first.
+
+    The claim moves the next attempt a retry's delay ahead, so a run that dies mid-POST leaves
+    the alert to be tried again then, and no other run posts it meanwhile.
+    """
+    taken = ReadinessAlert.objects.filter(
+        pk=alert.pk, status=ReadinessAlert.Status.PENDING, attempts=alert.attempts
+    ).update(
+        attempts=F("attempts") + 1,
+        next_attempt_at=timezone.now() + timedelta(seconds=FIRST_RETRY_SECONDS),
+    )
+    if taken:
+        alert.attempts += 1
+    return bool(taken)
+
+
 def deliver_alerts(now=None, session=None):
     """POST the pending alerts that are due to the webhook; returns how many were sent."""
     now = now or timezone.now()
@@ -162,8 +181,9 @@ def deliver_alerts(now=None, session=None):
     session = session or requests.Session()
     sent = 0
     for alert in due:
+        if not claim(alert):
+            continue  # another run (a second beat's) took it first and posts it
         body, headers = signed_request(alert, secret)
-        alert.attempts += 1
         try:
             answer = session.post(url, data=body, headers=headers, timeout=TIMEOUT_SECONDS)
             error = None if answer.ok else f"HTTP {answer.status_code}"

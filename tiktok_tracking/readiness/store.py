@@ -1,13 +1,17 @@
 """Stored readiness reports: the periodic task writes one, the feed reads the latest (I/O)."""
 
+import logging
 from datetime import timedelta
 
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.models import ReadinessReport
 from tiktok_tracking.readiness import figures, report
 from tiktok_tracking.readiness.markets import market_index
+
+logger = logging.getLogger(__name__)
 
 # Reports older than this are deleted when a new one is stored: the feed serves the latest,
 # and alerts compare it with the one before.
@@ -35,24 +39,58 @@ def build_report(now=None, *, paid=True, window_days=None):
 def assess(now=None):
     """Compute the report (the shop's paid orders read), store it, alert on every market whose
     verdict changed and every watched setting that changed since the last one, drop old
-    reports."""
+    reports; returns the stored report.
+
+    Two runs may read the same latest report: two beats by accident, or a run slow enough to
+    overlap the next. The report names the one it was compared with, and no two reports may
+    name the same one, so only the first to store its report raises the alerts; the other
+    discards its report, alerts nothing and returns None.
+    """
     from tiktok_tracking.config_log import record_config_if_changed
     from tiktok_tracking.readiness.alerts import record_changes, record_config_changes
 
-    now = now or timezone.now()
     # This process's settings count too, even before the sweeper has run under them.
     config = record_config_if_changed()
     previous = latest()
-    stored = ReadinessReport.objects.create(
-        computed_at=now, document=build_report(now), config_change_id=config.pk
-    )
-    if previous is not None:
-        record_config_changes(previous.config_change_id, now)
-        record_changes(previous.document, stored.document, now)
+    # Read after the latest report: a report is never older than the one it was compared with.
+    now = now or timezone.now()
+    document = build_report(now)
+    try:
+        # The report and its alerts stand or fall together.
+        with transaction.atomic():
+            stored = ReadinessReport.objects.create(
+                computed_at=now, document=document, config_change_id=config.pk, previous=previous
+            )
+            if previous is not None:
+                record_config_changes(previous.config_change_id, now)
+                record_changes(previous.document, stored.document, now)
+    except IntegrityError:
+        if previous is None or not was_superseded(previous):
+            raise
+        logger.info(
+            "TikTok readiness: another run compared its report with report %s first; "
+            "this run's report is discarded",
+            previous.pk,
+        )
+        return None
     ReadinessReport.objects.filter(computed_at__lt=now - KEEP_REPORTS).delete()
     return stored
 
 
+def was_superseded(report):
+    """Whether another report was compared with ``report``, or it was dropped meanwhile."""
+    return not ReadinessReport.objects.filter(pk=report.pk, next_report__isnull=True).exists()
+
+
 def latest():
-    """The latest stored report, or None before the periodic task has stored one."""
-    return ReadinessReport.objects.order_by("-computed_at", "-pk").first()
+    """The latest stored report that no later report was compared with, or None before the
+    periodic task has stored one.
+
+    The one without a successor: a report stamped later by a host whose clock runs ahead, but
+    already compared with, must not stay "latest", or every run after it would be discarded.
+    """
+    return (
+        ReadinessReport.objects.filter(next_report__isnull=True)
+        .order_by("-computed_at", "-pk")
+        .first()
+    )
