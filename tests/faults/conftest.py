@@ -30,10 +30,10 @@ def services_missing():
     """Why the matrix cannot run here, or None: it needs PostgreSQL and Redis."""
     engine = settings.DATABASES["default"]["ENGINE"]
     broker = settings.CELERY_BROKER_URL
-    if "postgresql" not in engine or not broker.startswith("redis://"):
+    if "postgresql" not in engine or not broker.startswith(("redis://", "amqp://")):
         return (
-            "the fault matrix runs on PostgreSQL + Redis (DATABASE_URL=postgres://... "
-            "CELERY_BROKER_URL=redis://...; .ci/run's second pass sets both)"
+            "the fault matrix runs on PostgreSQL + Redis or RabbitMQ (DATABASE_URL=postgres://"
+            "... CELERY_BROKER_URL=redis://... or amqp://...; .ci/run's second pass sets both)"
         )
     return None
 
@@ -44,14 +44,18 @@ needs_services = [pytest.mark.integration, pytest.mark.faults]
 REQUIRE_SERVICES_ENV = "TIKTOK_REQUIRE_SERVICES"
 
 
-@pytest.fixture(autouse=True)
-def _services_or_skip(request):
-    reason = services_missing() if request.node.get_closest_marker("faults") else None
-    if reason is None:
-        return
+def skip_unless_required(reason):
+    """Skip with ``reason``; fail instead where CI requires the services (it has them)."""
     if os.environ.get(REQUIRE_SERVICES_ENV) == "1":
         pytest.fail(f"{reason}, and {REQUIRE_SERVICES_ENV}=1", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _services_or_skip(request):
+    reason = services_missing() if request.node.get_closest_marker("faults") else None
+    if reason is not None:
+        skip_unless_required(reason)
 
 
 class Cluster:

@@ -11,20 +11,21 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test import Client
 
 from tests.conftest import publishing_to, wait_until
-from tests.faults.conftest import ORDERS, finish, needs_services
+from tests.faults.brokers import restartable_broker
+from tests.faults.conftest import ORDERS, finish, needs_services, skip_unless_required
 from tests.faults.harness import OrderBook, Status
 from tests.faults.proxy import BLACKHOLE, FORWARD, REFUSE
 from tiktok_tracking.models import DeliveryAnswer, DeliveryAttempt
 
 pytestmark = needs_services
 
+DEFAULT_PORTS = {"redis": 6379, "amqp": 5672}
 # Longer than the client's TIMEOUT (2 s in the test settings): the client gives up first.
 SLOW_ANSWER = 3.0
 
@@ -43,7 +44,7 @@ def start_fleet(cluster, workers=2, **env):
 
 def broker_address():
     parts = urlsplit(settings.CELERY_BROKER_URL)
-    return parts.hostname, parts.port or 6379
+    return parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme]
 
 
 # --- TikTok answers badly --------------------------------------------------------------------
@@ -155,6 +156,33 @@ def test_broker_blackholed(sandbox, cluster, book, proxy):
     assert figures["checkout_max_ms"] < 1000
 
 
+def test_broker_restarted_mid_run(sandbox, cluster, book):
+    with restartable_broker(settings.CELERY_BROKER_URL) as (broker, reason):
+        if broker is None:
+            skip_unless_required(reason)
+        url, restart = broker
+        # Slow answers keep batches in flight, and wake-ups queued, when the broker goes.
+        sandbox.set_latency(0.3)
+        start_fleet(cluster, CELERY_BROKER_URL=url)
+
+        def restart_mid_run():
+            seen = len(sandbox.requests)
+            wait_until(lambda: len(sandbox.requests) > seen, timeout=60, message="deliveries")
+            restart()
+
+        with publishing_to(url, flush_timeout=120):
+            book.paid_mix(ORDERS, before_half=restart_mid_run)
+            figures = finish("broker restarted mid-run", book, sandbox, timeout=180)
+    assert all(process.process.poll() is None for process in cluster.processes), (
+        "a worker or beat died with the broker"
+    )
+    workers = [process for process in cluster.processes if process.kind == "worker"]
+    assert all("Connection to broker lost" in worker.log() for worker in workers), (
+        "a worker never lost the broker: it was not restarted under it"
+    )
+    assert figures["checkout_max_ms"] < 1000
+
+
 # --- processes die ---------------------------------------------------------------------------
 
 
@@ -233,7 +261,7 @@ def postgres_restart_command():
 def test_postgres_restarted_mid_run(sandbox, cluster, book):
     command = postgres_restart_command()
     if command is None:
-        pytest.skip("restarting PostgreSQL needs a local cluster and root (pg_ctlcluster)")
+        skip_unless_required("restarting PostgreSQL needs a local cluster and root (pg_ctlcluster)")
     sandbox.set_latency(0.3)
     start_fleet(cluster)
 
