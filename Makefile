@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format matrix sandbox demo bench soak audit clean dist
+.PHONY: test lint format matrix sandbox demo bench bench-distance soak audit clean dist
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.latency --database-url $(BENCH_POSTGRES)/tiktok_bench_latency
 	$(BIN)/python -m bench.admin_scale --rows $(BENCH_ADMIN_ROWS) \
 		--database-url $(BENCH_POSTGRES)/tiktok_bench
+
+# Workers 5 and 20 ms from PostgreSQL and Redis, beside loopback: BENCHMARKS.md's table.
+bench-distance: $(STAMP)
+	$(BIN)/python -m bench.distance --database-url $(BENCH_POSTGRES)/tiktok_bench_distance \
+		--write BENCHMARKS.md
 
 # Not part of bench: about 11 minutes, 100 orders/s through two servers taking turns.
 soak: $(STAMP)

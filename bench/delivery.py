@@ -463,8 +463,12 @@ class Drain:
         )
 
 
-def run_drain(args, run_dir, sandbox, drain):
-    """Start and warm up the workers, seed, publish, time until no row is left to send, check."""
+def run_drain(args, run_dir, sandbox, drain, *, worker_database_url=None, worker_broker_url=None):
+    """Start and warm up the workers, seed, publish, time until no row is left to send, check.
+
+    The workers reach PostgreSQL and Redis at ``worker_database_url`` and ``worker_broker_url``
+    when given (through a latency proxy: bench.distance), else where this process does.
+    """
     from django.db import connection
 
     print(
@@ -476,10 +480,10 @@ def run_drain(args, run_dir, sandbox, drain):
     sandbox.reset()
     flush_broker(args.redis_url)
     env = child_environment(
-        args.database_url,
+        worker_database_url or args.database_url,
         run_dir,
         sandbox.events_url,
-        args.redis_url,
+        worker_broker_url or args.redis_url,
         TIKTOK_BATCH_SIZE=str(drain.batch_size),
         TIKTOK_DRAIN_SECONDS=str(DRAIN_SECONDS),
     )

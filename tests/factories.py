@@ -87,3 +87,27 @@ def delivered_purchase_rows(order_ids, countries=("US",), pixel_id="CTESTPIXEL00
         ),
         batch_size=5000,
     )
+
+
+def delivered_purchases(market, prefix, count, *, seen):
+    """``count`` orders of ``market`` paid now, their purchases delivered now (finished rows,
+    which workers and sweepers leave alone), the pixel's receipt ``seen`` or not; returns the
+    order numbers."""
+    from tests.test_outbox import make_order
+    from tiktok_tracking import rollups
+    from tiktok_tracking.models import TrackedEvent
+
+    now = timezone.now()
+    numbers = [f"{prefix}{index}" for index in range(count)]
+    for number in numbers:
+        make_order(number, country=market, paid=True, created_at=now)
+    rows = outbox_rows(count, prefix=prefix, now=now, country=market)
+    for row, number in zip(rows, numbers, strict=True):
+        TrackedEvent.objects.filter(pk=row.pk).update(
+            order_id=number,
+            status=TrackedEvent.Status.DELIVERED,
+            delivered_at=now,
+            browser_seen_at=now if seen else None,
+            match_keys=rollups.key_mask("email", "ttclid", "ip", "user_agent"),
+        )
+    return numbers

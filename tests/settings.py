@@ -79,6 +79,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # server-side cursors").
 if env.bool("TIKTOK_TEST_TRANSACTION_POOLER", default=False):
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+# A streaming replica of the PostgreSQL cluster (tests/test_replica.py; .ci/run's second pass
+# makes one). As a test mirror, it reads the test database the primary's replication brings it.
+# The router only answers inside the app's reports, and only where REPLICA_DATABASE is set.
+if env.str("TIKTOK_TEST_REPLICA_URL", default=""):
+    DATABASES["replica"] = {
+        **env.db_url_config(env.str("TIKTOK_TEST_REPLICA_URL")),
+        "TEST": {"MIRROR": "default"},
+    }
+    DATABASE_ROUTERS = ["tiktok_tracking.replica.ReplicaRouter"]
 # A worker process started by the tests is pointed at the test database by name.
 if env.str("TIKTOK_TEST_DB_NAME", default=""):
     DATABASES["default"]["NAME"] = env.str("TIKTOK_TEST_DB_NAME")
@@ -108,6 +117,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 if env.str("TIKTOK_TEST_QUEUE_TYPE", default="classic") == "quorum":
     CELERY_TASK_DEFAULT_QUEUE = "tiktok-tests-quorum"
     CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+    # A countdown goes through RabbitMQ's native delayed delivery only from a topic exchange.
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
     CELERY_BROKER_TRANSPORT_OPTIONS["confirm_publish"] = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_ACKS_LATE = True

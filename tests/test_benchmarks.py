@@ -61,6 +61,14 @@ TINY_RUNS = {
         ],
         ["events/s"],
     ),
+    "distance": (
+        "distance",
+        [
+            "--events", "1000", "--distances", "5", "--far-workers", "2", "--payments", "4",
+            "--database-url", "{postgres}/{db}_distance", "{redis:--redis-url}",
+        ],
+        ["events/s", "what the app adds", "share of its loopback rate"],
+    ),
     "latency": (
         "latency",
         [
@@ -165,3 +173,18 @@ def test_benchmark_runs_to_completion_on_tiny_sizes(name, tmp_path):
     assert completed.returncode == 0, f"{name} exited {completed.returncode}:\n{output[-4000:]}"
     for line in expected:
         assert line in output, f"{name} printed no {line!r}:\n{output[-4000:]}"
+
+
+def test_the_distance_table_goes_between_its_markers(tmp_path):
+    from bench.distance import BEGIN_MARK, END_MARK, write_into
+
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text(f"# Benchmarks\n\nbefore\n{BEGIN_MARK}\nold table\n{END_MARK}\nafter\n")
+    write_into(page, "| new | table |", "A header.")
+    assert page.read_text() == (
+        f"# Benchmarks\n\nbefore\n{BEGIN_MARK}\nA header.\n\n| new | table |\n{END_MARK}\n"
+        "after\n"
+    )
+    page.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="has no"):
+        write_into(page, "| t |", "h")

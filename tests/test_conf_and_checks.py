@@ -261,3 +261,34 @@ def test_kombus_own_filesystem_transport_is_a_warning(url, transport, expected, 
     for warning in found:
         assert "JSONDecodeError" in warning.msg
         assert "'tiktok_tracking.broker:FilesystemTransport'" in warning.hint
+
+
+REPLICA = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+ROUTER = "tiktok_tracking.replica.ReplicaRouter"
+
+
+@pytest.mark.parametrize(
+    ("replica", "routers", "wait", "problem"),
+    [
+        ("replica", [ROUTER], 0.5, None),
+        (None, [], 0.5, None),
+        ("reporting", [ROUTER], 0.5, "is not an alias of DATABASES other than 'default'"),
+        ("default", [ROUTER], 0.5, "is not an alias of DATABASES other than 'default'"),
+        ("replica", [], 0.5, "DATABASE_ROUTERS lacks 'tiktok_tracking.replica.ReplicaRouter'"),
+        ("replica", [ROUTER], -1, "REPLICA_MAX_WAIT'] = -1 is not a number"),
+        (None, [], "soon", "REPLICA_MAX_WAIT'] = 'soon' is not a number"),
+    ],
+)
+def test_the_replica_settings_are_checked(replica, routers, wait, problem, monkeypatch):
+    # The check reads the aliases only: no connection is made to the added one.
+    monkeypatch.setitem(settings.DATABASES, "replica", REPLICA)
+    with (
+        override_settings(DATABASE_ROUTERS=routers),
+        tracking(REPLICA_DATABASE=replica, REPLICA_MAX_WAIT=wait),
+    ):
+        found = [e for e in checks.check_settings() if e.id == "tiktok_tracking.E021"]
+    if problem is None:
+        assert found == []
+    else:
+        [error] = found
+        assert problem in error.msg

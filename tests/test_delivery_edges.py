@@ -3,7 +3,6 @@
 import io
 import json
 import logging
-import os
 import re
 import socketserver
 import threading
@@ -18,6 +17,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from tests.conftest import skip_unless_required
 from tests.factories import outbox_rows
 from tiktok_tracking import checks, delivery
 from tiktok_tracking.client import DELIVERED, EventsApiClient, Outcome
@@ -31,8 +31,6 @@ TOKEN = settings.TIKTOK_TRACKING["ACCESS_TOKEN"]
 # What TikTok may echo back: the request's token, and the token of another configured pixel.
 OTHER_PIXEL = "COTHERPIXEL0002"
 OTHER_TOKEN = "other-pixel-token-9876543210"
-# Set by CI's PostgreSQL + Redis pass: there, a test that would skip fails instead.
-REQUIRE_SERVICES_ENV = "TIKTOK_REQUIRE_SERVICES"
 # The columns: last_request_id and DeliveryAnswer.request_id are varchar(128), the codes int4.
 REQUEST_ID_COLUMN = 128
 INT4_MAX = 2**31 - 1
@@ -72,9 +70,7 @@ def postgresql():
         "needs PostgreSQL (DATABASE_URL=postgres://...): SQLite enforces neither varchar "
         "lengths nor integer ranges"
     )
-    if os.environ.get(REQUIRE_SERVICES_ENV) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_SERVICES_ENV}=1", pytrace=False)
-    pytest.skip(reason)
+    skip_unless_required(reason)
 
 
 # Defect 4 -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from functools import partial
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import connections, router
 from django.db.models import BooleanField, Case, Q, When
 from django.urls import path, reverse
 from django.utils import timezone
@@ -30,6 +30,7 @@ from tiktok_tracking.models import (
 from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.readiness.quality import mask_score
 from tiktok_tracking.refunds import net_value, plain_amount
+from tiktok_tracking.replica import reports_read
 from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
 Status = TrackedEvent.Status
@@ -211,6 +212,8 @@ class IndexedValuesFilter(admin.SimpleListFilter):
     def distinct_values(self, model, request):
         table = model._meta.db_table
         column = model._meta.get_field(self.field).column
+        # Where the list reads: the replica, when one serves the app's reports.
+        connection = connections[router.db_for_read(model)]
         if connection.vendor != "postgresql" or not _leads_an_index(model, self.field):
             return sorted(
                 self.unindexed_values(model, request), key=lambda value: (value is None, value)
@@ -353,7 +356,11 @@ class EstimatedCountPaginator(Paginator):
     @cached_property
     def count(self):
         query = getattr(self.object_list, "query", None)
-        if connection.vendor != "postgresql" or query is None or query.where:
+        if query is None:
+            return super().count
+        # Where the list reads: the replica, when one serves the app's reports.
+        connection = connections[self.object_list.db]
+        if connection.vendor != "postgresql" or query.where:
             return super().count
         table = connection.ops.quote_name(self.object_list.model._meta.db_table)
         with connection.cursor() as cursor:
@@ -369,8 +376,25 @@ class EstimatedCountPaginator(Paginator):
         return int(row[0]) if row else super().count
 
 
+class ReplicaListMixin:
+    """The list page reads from the replica (REPLICA_DATABASE) and says how fresh it was; its
+    actions (a POST) and every other page read and write the primary."""
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method not in ("GET", "HEAD"):
+            return super().changelist_view(request, extra_context)
+        with reports_read() as read_from:
+            response = super().changelist_view(
+                request, {**(extra_context or {}), "read_from": read_from}
+            )
+            # Rendered here: the page's queries run while its template renders.
+            if hasattr(response, "render"):
+                response.render()
+            return response
+
+
 @admin.register(TrackedEvent)
-class TrackedEventAdmin(admin.ModelAdmin):
+class TrackedEventAdmin(ReplicaListMixin, admin.ModelAdmin):
     # What a reader looks for first, first: at 1280 px, with the admin's sidebar and the filters
     # open, the verdict and the status are on screen without scrolling sideways.
     list_display = (
@@ -816,7 +840,7 @@ class FeedTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReadinessAlert)
-class ReadinessAlertAdmin(admin.ModelAdmin):
+class ReadinessAlertAdmin(ReplicaListMixin, admin.ModelAdmin):
     """Each change of a market's readiness verdict or of the tracking configuration, and its
     webhook delivery: read only."""
 

@@ -70,6 +70,7 @@ def check_settings(app_configs=None, **kwargs):
     errors.extend(_check_paid_orders())
     errors.extend(_check_funnel_events())
     errors.extend(_check_readiness())
+    errors.extend(_check_replica())
     unknown = sorted(set(user) - set(conf.DEFAULTS))
     if unknown:
         errors.append(
@@ -81,6 +82,52 @@ def check_settings(app_configs=None, **kwargs):
             )
         )
     errors.extend(_check_schedule())
+    return errors
+
+
+REPLICA_ROUTER = "tiktok_tracking.replica.ReplicaRouter"
+
+
+def _check_replica():
+    """E021: REPLICA_DATABASE names no other alias in DATABASES, the router that reads from it
+    is missing (the reports would read the primary while the settings say otherwise), or
+    REPLICA_MAX_WAIT is not a number of seconds."""
+    from django.conf import settings
+
+    alias = conf.get("REPLICA_DATABASE")
+    wait = conf.get("REPLICA_MAX_WAIT")
+    setting = f"{conf.SETTING_NAME}['REPLICA_DATABASE']"
+    errors = []
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        errors.append(
+            _error(
+                "E021",
+                f"{conf.SETTING_NAME}['REPLICA_MAX_WAIT'] = {wait!r} is not a number of "
+                "seconds of at least 0.",
+            )
+        )
+    if alias is None:
+        return errors
+    if not isinstance(alias, str) or alias == "default" or alias not in settings.DATABASES:
+        errors.append(
+            _error(
+                "E021",
+                f"{setting} = {alias!r} is not an alias of DATABASES other than 'default'.",
+                hint="Name the replica's alias, e.g. DATABASES['replica'], or leave it unset.",
+            )
+        )
+    if REPLICA_ROUTER not in [
+        router if isinstance(router, str) else f"{type(router).__module__}.{type(router).__name__}"
+        for router in settings.DATABASE_ROUTERS
+    ]:
+        errors.append(
+            _error(
+                "E021",
+                f"{setting} is set but DATABASE_ROUTERS lacks {REPLICA_ROUTER!r}: the reports "
+                "would read the primary.",
+                hint=f"Add {REPLICA_ROUTER!r} to DATABASE_ROUTERS.",
+            )
+        )
     return errors
 
 

@@ -54,6 +54,11 @@ DEFAULTS = {
     # long after their last change, so the outbox holds in-flight and recent rows only. At
     # least TikTok's 48 h dedup window: a row can be resent only while it is in the outbox.
     "OUTBOX_RETENTION_HOURS": 72,
+    # A read replica's alias in DATABASES for the app's reports (with replica.ReplicaRouter in
+    # DATABASE_ROUTERS), and how long a report waits for it to catch up before it reads anyway
+    # and says so.
+    "REPLICA_DATABASE": None,
+    "REPLICA_MAX_WAIT": 0.5,
     # Consent. Opt-in countries (EU/EEA, UK, Switzerland) send nothing without a grant; other
     # countries send unless the visitor denies; a denial in a limited-data-use country (US state
     # privacy laws) sends with limited_data_use instead. A visitor whose country is unknown is

@@ -12,7 +12,7 @@ from django.db import connections
 from django.db.models import Count
 
 from tests import processes
-from tests.conftest import wait_until
+from tests.conftest import skip_unless_required, wait_until
 from tests.faults.harness import OrderBook, Status, judge, sandbox_ids
 from tests.faults.proxy import ToggleProxy
 from tiktok_tracking.models import DeliveryAttempt
@@ -40,15 +40,6 @@ def services_missing():
 
 # The scenarios' marks (the fixture below skips them where the services are not configured).
 needs_services = [pytest.mark.integration, pytest.mark.faults]
-# Set by CI's PostgreSQL + Redis pass: there, a scenario that would skip fails instead.
-REQUIRE_SERVICES_ENV = "TIKTOK_REQUIRE_SERVICES"
-
-
-def skip_unless_required(reason):
-    """Skip with ``reason``; fail instead where CI requires the services (it has them)."""
-    if os.environ.get(REQUIRE_SERVICES_ENV) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_SERVICES_ENV}=1", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,9 @@ from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test import Client
 
-from tests.conftest import publishing_to, wait_until
+from tests.conftest import publishing_to, skip_unless_required, wait_until
 from tests.faults.brokers import restartable_broker
-from tests.faults.conftest import ORDERS, finish, needs_services, skip_unless_required
+from tests.faults.conftest import ORDERS, finish, needs_services
 from tests.faults.harness import OrderBook, Status
 from tests.faults.proxy import BLACKHOLE, FORWARD, REFUSE
 from tiktok_tracking.models import DeliveryAnswer, DeliveryAttempt

@@ -14,17 +14,15 @@ from collections import Counter
 from itertools import pairwise
 
 from django.db import connection
-from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from tests.alert_endpoint import alert_endpoint, verified
 from tests.conftest import wait_until
-from tests.factories import outbox_rows
+from tests.factories import delivered_purchases
 from tests.faults.conftest import finish, needs_services
-from tests.test_outbox import make_order, tracking
+from tests.test_outbox import tracking
 from tests.test_readiness_beat import mails
-from tiktok_tracking import rollups
-from tiktok_tracking.models import ReadinessAlert, ReadinessReport, TrackedEvent
+from tiktok_tracking.models import ReadinessAlert, ReadinessReport
 from tiktok_tracking.readiness import alerts, store
 from tiktok_tracking.schedule import READINESS_TASK_NAME, ensure_periodic_tasks, periodic_tasks
 
@@ -38,25 +36,6 @@ ADMIN = "readiness@shop.example"
 TURNED = ("SE", "NO", "FI")
 # Without a grace period, three purchases the pixel missed turn a market not_ready at once.
 READINESS = {"ASSESS_INTERVAL": 1, "PIXEL_SILENCE_HOURS": 0}
-MATCH_KEYS = rollups.key_mask("email", "ttclid", "ip", "user_agent")
-Status = TrackedEvent.Status
-
-
-def purchases(market, prefix, count, *, seen):
-    """``count`` paid orders of ``market``, delivered now, the pixel's receipt ``seen`` or not."""
-    now = timezone.now()
-    numbers = [f"{prefix}{index}" for index in range(count)]
-    for number in numbers:
-        make_order(number, country=market, paid=True, created_at=now)
-    rows = outbox_rows(count, prefix=prefix, now=now, country=market)
-    for row, number in zip(rows, numbers, strict=True):
-        TrackedEvent.objects.filter(pk=row.pk).update(
-            order_id=number,
-            status=Status.DELIVERED,
-            delivered_at=now,
-            browser_seen_at=now if seen else None,
-            match_keys=MATCH_KEYS,
-        )
 
 
 class Turner(threading.Thread):
@@ -76,7 +55,7 @@ class Turner(threading.Thread):
                 market = TURNED[self.steps % len(TURNED)]
                 prefix = f"turn-{market}-{self.steps}-"
                 # Broken: three purchases the pixel missed; fixed: one it reported.
-                purchases(market, prefix, 1 if broken[market] else 3, seen=broken[market])
+                delivered_purchases(market, prefix, 1 if broken[market] else 3, seen=broken[market])
                 broken[market] = not broken[market]
                 self.steps += 1
         except Exception as exc:  # reported by the test
@@ -122,7 +101,7 @@ def test_two_beats_and_a_worker_with_its_own_send_nothing_twice_and_lose_nothing
 
         # Sound markets, judged once before the schedulers start.
         for market in TURNED:
-            purchases(market, f"sound-{market}-", 25, seen=True)
+            delivered_purchases(market, f"sound-{market}-", 25, seen=True)
         with tracking(READINESS=READINESS):
             first = store.assess()
         assert {m["market"]: m["verdict"] for m in first.document["markets"]} == dict.fromkeys(

@@ -37,6 +37,7 @@ from tiktok_tracking.dashboard.figures import (
 from tiktok_tracking.pixels import configured_tokens
 from tiktok_tracking.readiness.markets import market_index
 from tiktok_tracking.readiness.panel import coverage_by_day, market_rows, pooled_not_ready
+from tiktok_tracking.replica import reports_read
 from tiktok_tracking.rollups import day_bounds
 
 TEMPLATE = "admin/tiktok_tracking/dashboard.html"
@@ -173,11 +174,15 @@ def dashboard_view(request, model_admin):
         raise PermissionDenied
     days = period_days(request.GET.get("days"))
     opts = model_admin.model._meta
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "title": _("TikTok tracking health"),
-        "opts": opts,
-        "app_label": opts.app_label,
-        **dashboard_context(days),
-    }
-    return TemplateResponse(request, TEMPLATE, context)
+    # The figures come from the replica where one is configured; the page says how fresh.
+    with reports_read() as read_from:
+        context = {
+            **model_admin.admin_site.each_context(request),
+            "title": _("TikTok tracking health"),
+            "opts": opts,
+            "app_label": opts.app_label,
+            "read_from": read_from,
+            **dashboard_context(days),
+        }
+        # Rendered here: a lazy query in the template must read where the figures were read.
+        return TemplateResponse(request, TEMPLATE, context).render()

@@ -21,6 +21,7 @@ from django.views.decorators.http import require_GET
 from tiktok_tracking.models import FeedToken
 from tiktok_tracking.readiness import store
 from tiktok_tracking.readiness.verdict import WINDOWS
+from tiktok_tracking.replica import reports_read
 
 TOKEN_BYTES = 32
 HINT_LENGTH = 6
@@ -95,12 +96,16 @@ def health(request):
         if window not in {str(days) for days in WINDOWS}:
             return _refused(400, "invalid_request", "window must be 1, 7 or 30.")
         window = int(window)
-    latest = store.latest()
-    if latest is not None:
-        document, computed_at = {**latest.document, "stored": True}, latest.computed_at
-    else:
-        computed_at = timezone.now()
-        document = {**store.build_report(computed_at, paid=False), "stored": False}
+    with reports_read() as read_from:
+        latest = store.latest()
+        if latest is not None:
+            document, computed_at = {**latest.document, "stored": True}, latest.computed_at
+        else:
+            computed_at = timezone.now()
+            document = {**store.build_report(computed_at, paid=False), "stored": False}
+    if read_from.replica:
+        # Where this answer was read: a replica that had not caught up may serve an older report.
+        document["served_from"] = read_from.as_dict()
     document = select(document, set(request.GET.getlist("market")), window)
     body = json.dumps(document, sort_keys=True).encode("utf-8")
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

@@ -10,6 +10,7 @@ from tiktok_tracking import conf
 from tiktok_tracking.models import ReadinessReport
 from tiktok_tracking.readiness import figures, report
 from tiktok_tracking.readiness.markets import market_index
+from tiktok_tracking.replica import reports_read
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,11 @@ def assess(now=None):
     previous = latest()
     # Read after the latest report: a report is never older than the one it was compared with.
     now = now or timezone.now()
-    document = build_report(now)
+    # The figures come from the replica where one is configured, once it has caught up.
+    with reports_read(batch=True) as read_from:
+        document = build_report(now)
+    if read_from.replica:
+        document["read_from"] = read_from.as_dict()
     try:
         # The report and its alerts stand or fall together.
         with transaction.atomic():

@@ -19,6 +19,7 @@ from tiktok_tracking.reconcile import (
     recorded_counts,
     scan_paid_orders,
 )
+from tiktok_tracking.replica import PRIMARY, reports_read
 
 FORMATS = ("table", "csv", "json")
 UNKNOWN_COUNTRY = "unknown"
@@ -75,11 +76,12 @@ def format_csv(lines, total, missing=None):
     return out.getvalue()
 
 
-def format_json(lines, total, *, since, until, paid, missing=None):
+def format_json(lines, total, *, since, until, paid, missing=None, read_from=PRIMARY):
     """The report as JSON: the period, one object per country, the totals, notes (pure)."""
     report = {
         "since": since.isoformat(),
         "until": until.isoformat(),
+        "read_from": read_from.as_dict(),
         "paid_orders_known": paid is not None,
         # Unknown is null, as in the missing list.
         "countries": [{**line.as_dict(), "country": line.country or None} for line in lines],
@@ -160,30 +162,43 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
 
         paid = None
-        if source is not None:
-            try:
-                paid = scan_paid_orders(
-                    source(since, until),
-                    names=names,
-                    keep_missing=options["show_missing"],
-                    pixel=pixel,
-                )
-            except TikTokTrackingImproperlyConfigured as exc:
-                raise CommandError(str(exc)) from None
-        pixel_id = pixel.pixel_id if pixel is not None else None
-        lines, total = reconcile_lines(recorded_counts(since, until, names, pixel_id), paid)
+        # Read from the replica (REPLICA_DATABASE), which is first given time to catch up.
+        with reports_read(batch=True) as read_from:
+            if source is not None:
+                try:
+                    paid = scan_paid_orders(
+                        source(since, until),
+                        names=names,
+                        keep_missing=options["show_missing"],
+                        pixel=pixel,
+                    )
+                except TikTokTrackingImproperlyConfigured as exc:
+                    raise CommandError(str(exc)) from None
+            pixel_id = pixel.pixel_id if pixel is not None else None
+            lines, total = reconcile_lines(recorded_counts(since, until, names, pixel_id), paid)
         missing = paid.missing if paid is not None and options["show_missing"] else None
 
         output_format = options["format"]
         if output_format == "json":
             self.stdout.write(
-                format_json(lines, total, since=since, until=until, paid=paid, missing=missing)
+                format_json(
+                    lines,
+                    total,
+                    since=since,
+                    until=until,
+                    paid=paid,
+                    missing=missing,
+                    read_from=read_from,
+                )
             )
         elif output_format == "csv":
             self.stdout.write(format_csv(lines, total, missing), ending="")
         else:
             self.write_table(lines, total, since, until, paid, missing)
         self.write_notes(paid, options["show_missing"])
+        if read_from.replica:
+            style = self.style.WARNING if read_from.lagging else self.style.NOTICE
+            self.stderr.write(read_from.label(), style)
 
     def write_table(self, lines, total, since, until, paid, missing):
         self.stdout.write(
