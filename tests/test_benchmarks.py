@@ -182,8 +182,7 @@ def test_the_distance_table_goes_between_its_markers(tmp_path):
     page.write_text(f"# Benchmarks\n\nbefore\n{BEGIN_MARK}\nold table\n{END_MARK}\nafter\n")
     write_into(page, "| new | table |", "A header.")
     assert page.read_text() == (
-        f"# Benchmarks\n\nbefore\n{BEGIN_MARK}\nA header.\n\n| new | table |\n{END_MARK}\n"
-        "after\n"
+        f"# Benchmarks\n\nbefore\n{BEGIN_MARK}\nA header.\n\n| new | table |\n{END_MARK}\nafter\n"
     )
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="has no"):
