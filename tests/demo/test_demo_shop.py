@@ -20,6 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90
+# The supervisor gives its children 10 s to stop (demo_shop/run.py), then kills them.
+STOP_SECONDS = 25
 STOP_TIMEOUT = 30
 # The worker's line once it takes tasks: the demo starts it without its banner.
 WORKER_READY = re.compile(r"^\s*worker \| .*celery@\S+ ready\.$", re.MULTILINE)
@@ -111,9 +113,15 @@ class Supervisor:
         return False
 
     def stop(self):
+        """SIGTERM, on which the supervisor stops its children (each in a session of its own,
+        which a SIGKILL of the supervisor alone would leave running); SIGKILL if it hangs."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def test_check_reports_no_issues(tmp_path):
