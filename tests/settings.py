@@ -117,7 +117,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 if env.str("TIKTOK_TEST_QUEUE_TYPE", default="classic") == "quorum":
     CELERY_TASK_DEFAULT_QUEUE = "tiktok-tests-quorum"
     CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
-    # A countdown goes through RabbitMQ's native delayed delivery only from a topic exchange.
+    # A countdown goes through RabbitMQ's native delayed delivery only from a topic exchange
+    # (named for its type: RabbitMQ will not declare an exchange again as another type).
+    CELERY_TASK_DEFAULT_EXCHANGE = "tiktok-tests-quorum-topic"
     CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
     CELERY_BROKER_TRANSPORT_OPTIONS["confirm_publish"] = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
