@@ -446,6 +446,8 @@ class Drain:
     cpu_workers: float = 0.0
     cpu_postgres: float = 0.0
     cpu_sandbox: float = 0.0
+    # The latency proxies' share, where a drain runs through them (bench.distance).
+    cpu_proxies: float = 0.0
 
     @property
     def per_second(self):
