@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -932,20 +933,41 @@ def stop_on_signal(signum, frame):
     raise SystemExit(f"Stopped by signal {signum}.")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    # Stopped from outside, the benchmark must still stop its workers and drop its database.
+@contextmanager
+def outbox_database(url, purpose, *, keep=False, prefix="tiktok-bench-delivery-"):
+    """The benchmark's PostgreSQL database, Django set up on it; yields a scratch folder.
+
+    Created if missing and dropped after if this run created it; one that existed has its
+    tracking tables emptied, unless ``keep``. Stopped from outside (SIGTERM), the benchmark
+    still stops its workers and drops its database.
+    """
     signal.signal(signal.SIGTERM, stop_on_signal)
-    name = database_name(args.database_url, PURPOSE)
-    created = create_postgres_database(args.database_url, name)
+    name = database_name(url, purpose)
+    created = create_postgres_database(url, name)
     if created:
         print(f"Created database {name}.")
-    run_dir = tempfile.mkdtemp(prefix="tiktok-bench-delivery-")
+    run_dir = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     django_ready = False
     try:
-        setup_django(args.database_url, run_dir)
+        setup_django(url, run_dir)
         django_ready = True
+        yield run_dir
+    finally:
+        if keep:
+            print(f"Kept database {name} with the rows of the last drain (--keep).")
+        elif created:
+            drop_postgres_database(url, name)
+            print(f"Dropped database {name}.")
+        elif django_ready:
+            truncate_outbox()
+            print(f"Emptied the tracking tables of {name}.")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    failed = True
+    with outbox_database(args.database_url, PURPOSE, keep=args.keep) as run_dir:
         from tiktok_tracking import conf
         from tiktok_tracking.sandbox.server import SandboxServer
 
@@ -1005,15 +1027,6 @@ def main(argv=None):
             )
         if not failed:
             print("Every event delivered exactly once in every drain.")
-    finally:
-        if args.keep:
-            print(f"Kept database {name} with the rows of the last drain (--keep).")
-        elif created:
-            drop_postgres_database(args.database_url, name)
-            print(f"Dropped database {name}.")
-        elif django_ready:
-            truncate_outbox()
-            print(f"Emptied the tracking tables of {name}.")
     return 1 if failed else 0
 
 

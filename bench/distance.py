@@ -12,14 +12,10 @@ timed through the same proxy, with the app's receiver and without it.
 """
 
 import argparse
-import atexit
 import os
 import re
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,11 +23,7 @@ from pathlib import Path
 from bench.common import (
     SandboxProcess,
     cpu_seconds,
-    create_postgres_database,
-    database_name,
-    drop_postgres_database,
     flush_broker,
-    setup_django,
 )
 from bench.delivery import (
     BATCH_SIZE,
@@ -40,10 +32,9 @@ from bench.delivery import (
     SANDBOX_LATENCY,
     Drain,
     mb,
+    outbox_database,
     redis_database,
     run_drain,
-    stop_on_signal,
-    truncate_outbox,
     verdict,
     versions,
 )
@@ -323,15 +314,8 @@ def write_into(path, text, header):
 
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, stop_on_signal)
-    name = database_name(args.database_url, PURPOSE)
-    created = create_postgres_database(args.database_url, name)
-    run_dir = tempfile.mkdtemp(prefix="tiktok-bench-distance-")
-    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
-    django_ready = False
-    try:
-        setup_django(args.database_url, run_dir)
-        django_ready = True
+    failed = True
+    with outbox_database(args.database_url, PURPOSE, prefix="tiktok-bench-distance-") as run_dir:
         from tiktok_tracking import conf
 
         # TikTok's stand-in in a process of its own: validating several 1,000-event requests at
@@ -366,11 +350,6 @@ def main(argv=None):
         if args.write and not failed:
             write_into(args.write, text, header)
             print(f"\nWritten into {args.write}.")
-    finally:
-        if created:
-            drop_postgres_database(args.database_url, name)
-        elif django_ready:
-            truncate_outbox()
     return 1 if failed else 0
 
 
