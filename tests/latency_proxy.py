@@ -215,13 +215,19 @@ def main(argv=None):
     host, _, port = args.upstream.rpartition(":")
     if not host or not port.isdigit() or args.rtt_ms < 0:
         parser.error("--upstream takes host:port, --rtt-ms a number of at least 0")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     def started(listening):
         print(listening, flush=True)
 
+    async def until_stopped():
+        # SIGTERM ends the serving task, and the process with status 0.
+        serving = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve((host, int(port)), args.rtt_ms / 1000, args.port, started)
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve((host, int(port)), args.rtt_ms / 1000, args.port, started))
+        asyncio.run(until_stopped())
 
 
 if __name__ == "__main__":
