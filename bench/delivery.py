@@ -966,7 +966,6 @@ def outbox_database(url, purpose, *, keep=False, prefix="tiktok-bench-delivery-"
 
 def main(argv=None):
     args = parse_args(argv)
-    failed = True
     with outbox_database(args.database_url, PURPOSE, keep=args.keep) as run_dir:
         from tiktok_tracking import conf
         from tiktok_tracking.sandbox.server import SandboxServer

@@ -314,7 +314,6 @@ def write_into(path, text, header):
 
 def main(argv=None):
     args = parse_args(argv)
-    failed = True
     with outbox_database(args.database_url, PURPOSE, prefix="tiktok-bench-distance-") as run_dir:
         from tiktok_tracking import conf
 

@@ -4,6 +4,7 @@ No pytest here: the benchmarks start the same processes the tests do.
 """
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_READY = " ready."
 BEAT_READY = "beat: Starting..."
+
+
+def free_port():
+    """A port nothing listens on now, on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port, host="127.0.0.1"):
+    """Whether something accepts connections on ``host:port``."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
 
 
 class ProcessFailed(RuntimeError):

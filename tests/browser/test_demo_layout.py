@@ -10,7 +10,8 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
 from tests.conftest import wait_until
-from tests.demo.test_demo_shop import START_TIMEOUT, demo_env, free_port, listening, run
+from tests.demo.test_demo_shop import START_TIMEOUT, demo_env, run
+from tests.processes import free_port, listening
 
 pytestmark = pytest.mark.integration
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port, listening
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90
 # How the supervisor announces each child it starts (demo_shop/run.py).
@@ -57,18 +59,6 @@ def run(env, *argv, timeout=120):
         timeout=timeout,
         check=False,
     )
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def listening(port):
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def http_status(url):

@@ -9,26 +9,10 @@ node keeps its durable queues and persistent messages across the restart, as a R
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 from urllib.parse import urlsplit
 
-from tests.processes import poll_until
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers(host, port):
-    """Whether something accepts connections on ``host:port``."""
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+from tests.processes import free_port, listening, poll_until
 
 
 class PrivateRedis:
@@ -56,7 +40,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        poll_until(lambda: answers("127.0.0.1", self.port), timeout=30, message="redis-server")
+        poll_until(lambda: listening(self.port), timeout=30, message="redis-server")
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
@@ -87,7 +71,9 @@ def restart_rabbitmq(url):
         # Whatever happened, the node is not left stopped for the tests and users after.
         subprocess.run([command, "start_app"], check=True, timeout=120, capture_output=True)
     parts = urlsplit(url)
-    poll_until(lambda: answers(parts.hostname, parts.port or 5672), timeout=60, message="RabbitMQ")
+    poll_until(
+        lambda: listening(parts.port or 5672, parts.hostname), timeout=60, message="RabbitMQ"
+    )
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ import socket
 import struct
 import threading
 
+from tests.latency_proxy import url_through
+
 FORWARD = "forward"
 REFUSE = "refuse"
 BLACKHOLE = "blackhole"
@@ -65,13 +67,7 @@ class ToggleProxy:
 
     def url_for(self, url):
         """``url`` with its host and port replaced by this proxy's."""
-        from urllib.parse import urlsplit, urlunsplit
-
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)
-        address = f"127.0.0.1:{self.port}"
-        netloc = f"{netloc[0]}@{address}" if len(netloc) == 2 else address
-        return urlunsplit(parts._replace(netloc=netloc))
+        return url_through(url, self.port)
 
     def close(self):
         self.set_mode(REFUSE)
