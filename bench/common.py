@@ -147,6 +147,26 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_cpu_times():
+    """``(busy, total)`` CPU ticks of the whole machine so far, every core, from /proc/stat;
+    None where there is no /proc. Idle and waiting on I/O count as not busy."""
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    ticks = [int(value) for value in line.split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    total = sum(ticks[:8])
+    return total - ticks[3] - ticks[4], total
+
+
+def busy_share(before, after):
+    """The share of the machine's CPU time that was busy between two ``machine_cpu_times()``."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def child_environment(database_url, run_dir, api_url, broker_url, **extra):
     """What server, worker and beat processes need to share a run's database, sandbox, broker."""
     env = dict(os.environ)

@@ -18,12 +18,14 @@ from decimal import Decimal
 from pathlib import Path
 
 from bench.common import (
+    busy_share,
     child_environment,
     cpu_seconds,
     create_postgres_database,
     database_name,
     drop_postgres_database,
     flush_broker,
+    machine_cpu_times,
     setup_django,
 )
 
@@ -382,12 +384,16 @@ def memory_kb(pid):
 class CpuMeter:
     """CPU time a drain costs: the workers, their PostgreSQL backends, and the sandbox.
 
-    The sandbox's share is this process's time less this thread's (the polling). Backends are
+    The sandbox's share is this process's time less this thread's (the polling), or, where the
+    sandbox runs as a process of its own (``sandbox_pid``), that process's time. Backends are
     read while the drain runs, since they end with each task.
     """
 
-    def __init__(self, worker_pids, cursor):
+    def __init__(self, worker_pids, cursor, sandbox_pid=None):
         self.worker_start = {pid: cpu_seconds(pid) or 0.0 for pid in worker_pids}
+        self.sandbox_pid = sandbox_pid
+        self.machine_start = machine_cpu_times()
+        self.sandbox_start = (cpu_seconds(sandbox_pid) or 0.0) if sandbox_pid else 0.0
         self.process_start = time.process_time()
         self.thread_start = time.thread_time()
         self.backends = {}
@@ -411,11 +417,18 @@ class CpuMeter:
             start = self.backends.get(pid, (0.0, 0.0))[0]
             self.backends[pid] = (start, used)
 
+    def machine_busy(self):
+        """The share of every core's time that was busy since the start: the processes above,
+        and what they do not count (Redis, the kernel's network work, this process)."""
+        return busy_share(self.machine_start, machine_cpu_times())
+
     def totals(self):
         workers = sum(
             (cpu_seconds(pid) or start) - start for pid, start in self.worker_start.items()
         )
         postgres = sum(last - start for start, last in self.backends.values())
+        if self.sandbox_pid:
+            return workers, postgres, (cpu_seconds(self.sandbox_pid) or 0.0) - self.sandbox_start
         polling = time.thread_time() - self.thread_start
         return workers, postgres, time.process_time() - self.process_start - polling
 
@@ -449,6 +462,8 @@ class Drain:
     cpu_sandbox: float = 0.0
     # The latency proxies' share, where a drain runs through them (bench.distance).
     cpu_proxies: float = 0.0
+    # The share of all cores busy during the drain, whoever used them; None without /proc.
+    machine_busy: float | None = None
 
     @property
     def per_second(self):
@@ -503,7 +518,10 @@ def run_drain(args, run_dir, sandbox, drain, *, worker_database_url=None, worker
         # Generous: two seconds per request, and never under two minutes.
         timeout = max(120.0, drain.events / drain.batch_size * 2.0)
         with connection.cursor() as cursor:
-            meter = CpuMeter([worker.pid for worker in workers], cursor)
+            # Measured from here to the last row sent, not while the received events are checked.
+            meter = CpuMeter(
+                [worker.pid for worker in workers], cursor, getattr(sandbox, "pid", None)
+            )
             started = time.perf_counter()
             # One task on each worker's own queue: every worker takes part from the start.
             publish_deliver_tasks(args.redis_url, names)
@@ -523,6 +541,7 @@ def run_drain(args, run_dir, sandbox, drain, *, worker_database_url=None, worker
                 time.sleep(POLL_INTERVAL)
         drain.seconds = elapsed
         drain.cpu_workers, drain.cpu_postgres, drain.cpu_sandbox = meter.totals()
+        drain.machine_busy = meter.machine_busy()
         drain.peak_kb = memory_kb(workers[0].pid)[1]
     finally:
         stop_workers(workers)

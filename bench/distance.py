@@ -187,12 +187,11 @@ def time_payments(label, payments):
 
 def drain_at(args, run_dir, sandbox, label, workers, urls=None, proxy_pids=()):
     """One drain, of ``--events`` per worker, so that each worker sends as many batches as
-    the single worker does and starting and stopping weigh the same; the proxies' and the
-    sandbox's CPU seconds meanwhile go in the drain's figures."""
+    the single worker does and starting and stopping weigh the same; the proxies' CPU seconds
+    meanwhile go in the drain's figures."""
     drain = Drain(label, args.events * workers, workers, BATCH_SIZE)
     database_url, broker_url = urls or (None, None)
     before = sum(cpu_seconds(pid) or 0.0 for pid in proxy_pids)
-    sandbox_before = cpu_seconds(sandbox.pid) or 0.0
     run_drain(
         args,
         run_dir,
@@ -202,8 +201,6 @@ def drain_at(args, run_dir, sandbox, label, workers, urls=None, proxy_pids=()):
         worker_broker_url=broker_url,
     )
     drain.cpu_proxies = sum(cpu_seconds(pid) or 0.0 for pid in proxy_pids) - before
-    # The sandbox runs apart (it received the drain's requests, nothing else).
-    drain.cpu_sandbox = (cpu_seconds(sandbox.pid) or 0.0) - sandbox_before
     return drain
 
 
@@ -212,6 +209,9 @@ def measure(args, run_dir, sandbox):
     rows = []  # (distance ms, drain)
     payments = []  # (distance ms, median without, median with)
     rows.append((0.0, drain_at(args, run_dir, sandbox, "loopback, 1 worker", 1)))
+    # The scale-out drain's workers with no distance: what this machine's cores allow them.
+    label = f"loopback, {args.far_workers} workers"
+    rows.append((0.0, drain_at(args, run_dir, sandbox, label, args.far_workers)))
     if args.payments:
         payments.append((0.0, *time_payments("loopback", args.payments)))
     for rtt in args.distances:
@@ -230,6 +230,56 @@ def measure(args, run_dir, sandbox):
     return rows, payments
 
 
+def scale_out(rows):
+    """``(far, one, many, ceiling)``: the farthest distance, its drain of one worker and that
+    of the most workers, and the drain of as many workers at loopback (None where not run)."""
+    far = max(rtt for rtt, _ in rows)
+    one = next(d for rtt, d in rows if rtt == far and d.workers == 1)
+    many = max(
+        (d for rtt, d in rows if rtt == far and d.workers > 1),
+        key=lambda d: d.workers,
+        default=None,
+    )
+    ceiling = None
+    if many is not None:
+        ceiling = next(
+            (d for rtt, d in rows if rtt == 0 and d.workers == many.workers and far > 0), None
+        )
+    return far, one, many, ceiling
+
+
+def ceiling_note(rows):
+    """What the loopback drain of as many workers says about the scale-out target, or None.
+
+    Those workers wait on no distance, so their rate is what this machine allows them: a
+    multiple of one distant worker above it cannot be reached here by hiding latency.
+    """
+    far, one, many, ceiling = scale_out(rows)
+    if many is None or ceiling is None or not ceiling.per_second:
+        return None
+    wanted = TARGET_FAR_SCALE * one.per_second
+    busy = (
+        ""
+        if ceiling.machine_busy is None
+        else f", with {ceiling.machine_busy:.0%} of all cores busy"
+    )
+    return (
+        f"This machine's ceiling: {many.workers} workers at loopback reach "
+        f"{ceiling.per_second:,.0f} events/s{busy}. {TARGET_FAR_SCALE:g} times one worker at "
+        f"{far:g} ms would be {wanted:,.0f} events/s, "
+        f"{wanted / ceiling.per_second:.0%} of that ceiling"
+        + (
+            "."
+            if wanted <= ceiling.per_second
+            else ": more than the same workers reach here with no distance at all, so no "
+            "hiding of latency can get there on this machine."
+        )
+        + f" {many.workers} workers at {far:g} ms reach "
+        f"{many.per_second / ceiling.per_second:.0%} of it: the share of the ceiling the "
+        f"distance leaves them."
+    )
+
+
 def targets(rows):
     """``[(what, figure, target, ok)]`` of the issue's two targets, from the drains."""
     one = {rtt: drain for rtt, drain in rows if drain.workers == 1}
@@ -245,14 +295,9 @@ def targets(rows):
                 share >= TARGET_NEAR_SHARE,
             )
         )
-    far = max(rtt for rtt, _ in rows)
-    many = max(
-        (d for rtt, d in rows if rtt == far and d.workers > 1),
-        key=lambda d: d.workers,
-        default=None,
-    )
+    far, one_far, many, _ = scale_out(rows)
     if many is not None:
-        scale = many.per_second / one[far].per_second
+        scale = many.per_second / one_far.per_second
         checks.append(
             (
                 f"{many.workers} workers at {far:g} ms, against 1 worker there",
@@ -270,17 +315,18 @@ def table(rows, payments, statements):
     lines = [
         "| round trip to PostgreSQL and Redis | workers | events/s | per worker | vs loopback, "
         "1 worker | CPU ms per 1,000 events: workers / PostgreSQL / sandbox / proxies | "
-        "worker peak RSS | every event once |",
-        "|---|---|---|---|---|---|---|---|",
+        "all cores busy | worker peak RSS | every event once |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for rtt, drain in rows:
         per_thousand = 1000 * 1000 / drain.events
         spent = (drain.cpu_workers, drain.cpu_postgres, drain.cpu_sandbox, drain.cpu_proxies)
         cpu = " / ".join(f"{seconds * per_thousand:.0f}" for seconds in spent)
+        busy = "n/a" if drain.machine_busy is None else f"{drain.machine_busy:.0%}"
         lines.append(
             f"| {'loopback' if rtt == 0 else f'{rtt:g} ms'} | {drain.workers} | "
             f"{drain.per_second:,.0f} | {drain.per_second / drain.workers:,.0f} | "
-            f"{drain.per_second / loopback:.2f}x | {cpu} | {mb(drain.peak_kb):.1f} MB | "
+            f"{drain.per_second / loopback:.2f}x | {cpu} | {busy} | {mb(drain.peak_kb):.1f} MB | "
             f"{'yes' if drain.exactly_once else 'NO'} |"
         )
     if payments:
@@ -299,6 +345,9 @@ def table(rows, payments, statements):
     lines += ["", "| target | measured | target | |", "|---|---|---|---|"]
     for what, figure, target, ok in targets(rows):
         lines.append(f"| {what} | {figure} | {target} | {verdict(ok)} |")
+    note = ceiling_note(rows)
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 

@@ -187,3 +187,61 @@ def test_the_distance_table_goes_between_its_markers(tmp_path):
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="has no"):
         write_into(page, "| t |", "h")
+
+
+def drain_of(label, workers, per_second):
+    from bench.delivery import Drain
+
+    drain = Drain(label, events=int(per_second * 10), workers=workers, batch_size=1000)
+    drain.seconds = 10.0
+    return drain
+
+
+def test_the_scale_out_target_is_weighed_against_the_same_workers_at_loopback():
+    from bench.distance import ceiling_note, table, targets
+
+    rows = [
+        (0.0, drain_of("loopback, 1 worker", 1, 10_000)),
+        (0.0, drain_of("loopback, 4 workers", 4, 9_900)),
+        (20.0, drain_of("20 ms, 1 worker", 1, 4_150)),
+        (20.0, drain_of("20 ms, 4 workers", 4, 8_050)),
+    ]
+    [(what, figure, target, ok)] = targets(rows)
+    assert (what, figure, target, ok) == (
+        "4 workers at 20 ms, against 1 worker there",
+        "1.94x",
+        ">= 3x",
+        False,
+    )
+    note = ceiling_note(rows)
+    assert note.startswith("This machine's ceiling: 4 workers at loopback reach 9,900 events/s.")
+    assert "3 times one worker at 20 ms would be 12,450 events/s, 126% of that ceiling: " in note
+    assert "no hiding of latency can get there" in note
+    assert note.endswith(
+        "4 workers at 20 ms reach 81% of it: the share of the ceiling the distance leaves them."
+    )
+    assert note in table(rows, [], (0, 0))
+    rows[1][1].machine_busy = 0.97
+    assert ceiling_note(rows).startswith(
+        "This machine's ceiling: 4 workers at loopback reach 9,900 events/s, with 97% of all "
+        "cores busy."
+    )
+    # A machine whose cores allow more: the same sentence, without the "more than" clause.
+    rows[1] = (0.0, drain_of("loopback, 4 workers", 4, 20_000))
+    assert "62% of that ceiling. 4 workers at 20 ms reach 40% of it" in ceiling_note(rows)
+    assert "no hiding" not in ceiling_note(rows)
+    # Without the loopback drain of as many workers, nothing is claimed about the ceiling.
+    assert ceiling_note([rows[0], rows[2], rows[3]]) is None
+
+
+def test_the_busy_share_of_all_cores_between_two_readings():
+    from bench.common import busy_share, machine_cpu_times
+
+    assert busy_share((10, 100), (60, 200)) == 0.5
+    # No /proc, or no time between the readings: no figure rather than a wrong one.
+    assert busy_share(None, (60, 200)) is None
+    assert busy_share((10, 100), (10, 100)) is None
+    now = machine_cpu_times()
+    if now is not None:
+        busy, total = now
+        assert 0 <= busy <= total
