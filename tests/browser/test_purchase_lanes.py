@@ -182,13 +182,29 @@ def test_two_pixels_each_get_both_lanes_with_one_event_id(browser, live_server, 
     )
     assert browser_lane == {"CPIXELONE0001": "order_E2E-P2", "CPIXELTWO0002": "order_E2E-P2"}
 
-    delivery.deliver_due_events(max_seconds=5)
+    report = delivery.deliver_due_events(max_seconds=5)
     server_lane = {
         event["pixel"]: event["event_id"]
         for event in sandbox.events()
         if event["event"] == "Purchase"
     }
-    assert server_lane == browser_lane
+    # Should the server lane come up short, the rows say who held them and what they last heard.
+    assert server_lane == browser_lane, (
+        report,
+        list(
+            TrackedEvent.objects.values_list(
+                "pixel_id",
+                "event",
+                "status",
+                "claimed_by",
+                "attempts",
+                "consent_status",
+                "next_attempt_at",
+                "last_error",
+            )
+        ),
+        [request["answer"] for request in sandbox.requests],
+    )
     # Each pixel's row learned that the browser sent its event.
     wait_until(
         lambda: (
