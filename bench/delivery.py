@@ -291,6 +291,20 @@ def remaining_events(cursor):
     return cursor.fetchone()[0]
 
 
+def any_events_left(cursor):
+    """Whether a row is still due or leased: the drain's poll, every POLL_INTERVAL.
+
+    Each partial index is read up to its first live row, not counted through: counting up to
+    100,000 churning rows forty times a second cost this process's PostgreSQL backend a quarter
+    of a core, taken from the drain it was timing.
+    """
+    cursor.execute(
+        f"SELECT EXISTS (SELECT 1 FROM {EVENT_TABLE} WHERE status = 'pending')"  # noqa: S608
+        f" OR EXISTS (SELECT 1 FROM {EVENT_TABLE} WHERE status = 'sending')"
+    )
+    return cursor.fetchone()[0]
+
+
 def outbox_statuses():
     from django.db.models import Count
 
@@ -526,13 +540,14 @@ def run_drain(args, run_dir, sandbox, drain, *, worker_database_url=None, worker
             # One task on each worker's own queue: every worker takes part from the start.
             publish_deliver_tasks(args.redis_url, names)
             while True:
-                left = remaining_events(cursor)
+                left = any_events_left(cursor)
                 elapsed = time.perf_counter() - started
                 meter.sample(cursor)
-                if left == 0:
+                if not left:
                     drain.completed = True
                     break
                 if elapsed > timeout:
+                    left = remaining_events(cursor)
                     print(f"  gave up after {elapsed:.0f} s with {left:,} events not sent")
                     break
                 for worker in workers:
