@@ -9,6 +9,9 @@ does not share an interpreter lock with what it measures:
     python -m tests.latency_proxy --upstream 127.0.0.1:5432 --rtt-ms 5
 
 which prints its port on the first line and serves until it is stopped.
+
+The threaded proxy also counts round trips (``LatencyProxy.round_trips``): each time a client
+speaks after the service has answered it, or first, is one, which is what a distance costs.
 """
 
 import argparse
@@ -74,13 +77,41 @@ class _Link(asyncio.Protocol):
             self.peer.transport.close()
 
 
+class _Counts:
+    """What every connection of one proxy adds up to."""
+
+    def __init__(self):
+        self.round_trips = 0
+
+
+class _UpstreamLink(_Link):
+    """The service's side: its data tells the client's side it was answered."""
+
+    def __init__(self, delay, client):
+        super().__init__(delay)
+        self.client = client
+
+    def data_received(self, data):
+        self.client.answered = True
+        super().data_received(data)
+
+
 class _ClientLink(_Link):
     """The accepted side: connects to the upstream service as soon as it is accepted."""
 
-    def __init__(self, delay, upstream, connecting):
+    def __init__(self, delay, upstream, connecting, counts):
         super().__init__(delay)
         self.upstream = upstream
         self.connecting = connecting
+        self.counts = counts
+        # Whether the service has spoken since the client last did (a client speaks first).
+        self.answered = True
+
+    def data_received(self, data):
+        if self.answered:
+            self.counts.round_trips += 1
+            self.answered = False
+        super().data_received(data)
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -93,7 +124,7 @@ class _ClientLink(_Link):
         loop = asyncio.get_running_loop()
         try:
             _transport, upstream_link = await loop.create_connection(
-                lambda: _Link(self.delay), *self.upstream
+                lambda: _UpstreamLink(self.delay, self), *self.upstream
             )
         except OSError:
             self.transport.close()
@@ -106,12 +137,14 @@ class _ClientLink(_Link):
             link.early.clear()
 
 
-async def serve(upstream, rtt_seconds, port=0, started=None):
-    """Listen on 127.0.0.1:``port`` and forward to ``upstream`` (host, port) with ``rtt``."""
+async def serve(upstream, rtt_seconds, port=0, started=None, counts=None):
+    """Listen on 127.0.0.1:``port`` and forward to ``upstream`` (host, port) with ``rtt``,
+    counting round trips in ``counts`` (a ``_Counts``) when given."""
     loop = asyncio.get_running_loop()
     connecting = set()
+    counts = counts or _Counts()
     server = await loop.create_server(
-        lambda: _ClientLink(rtt_seconds / 2, upstream, connecting), "127.0.0.1", port
+        lambda: _ClientLink(rtt_seconds / 2, upstream, connecting, counts), "127.0.0.1", port
     )
     if started is not None:
         started(server.sockets[0].getsockname()[1])
@@ -133,12 +166,14 @@ def upstream_of(url, default_port):
 
 
 class LatencyProxy:
-    """The proxy in a thread of this process: ``.port``, ``.url_for(url)``, ``.close()``."""
+    """The proxy in a thread of this process: ``.port``, ``.url_for(url)``, ``.close()``, and
+    ``.round_trips`` so far over every connection."""
 
     def __init__(self, upstream, rtt_seconds):
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         self.port = None
+        self.counts = _Counts()
 
         def started(port):
             self.port = port
@@ -148,7 +183,9 @@ class LatencyProxy:
 
         def run():
             asyncio.set_event_loop(self.loop)
-            self.task = self.loop.create_task(serve(upstream, rtt_seconds, started=started))
+            self.task = self.loop.create_task(
+                serve(upstream, rtt_seconds, started=started, counts=self.counts)
+            )
             with contextlib.suppress(asyncio.CancelledError):
                 self.loop.run_until_complete(self.task)
 
@@ -156,6 +193,10 @@ class LatencyProxy:
         self.thread.start()
         if not ready.wait(10):
             raise RuntimeError("the latency proxy did not start")
+
+    @property
+    def round_trips(self):
+        return self.counts.round_trips
 
     def url_for(self, url):
         return url_through(url, self.port)

@@ -97,3 +97,18 @@ def test_urls_keep_their_credentials_and_path():
         == "postgres://postgres:pw@127.0.0.1:7000/shop"
     )
     assert url_through("redis://127.0.0.1:6379/13", 7001) == "redis://127.0.0.1:7001/13"
+
+
+def test_the_threaded_proxy_counts_each_question_answered_as_one_round_trip(echo_server):
+    proxy = LatencyProxy(echo_server, rtt_seconds=0)
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port)) as conn:
+            for _ in range(3):
+                conn.sendall(b"ping")
+                received = b""
+                while len(received) < 4:
+                    received += conn.recv(4 - len(received))
+                assert received == b"ping"
+        assert proxy.round_trips == 3
+    finally:
+        proxy.close()
