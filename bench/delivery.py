@@ -620,6 +620,9 @@ def statement_kind(sql, params):
     kind = f"{verb} {table.group(1) if table else '?'}"
     if verb == "UPDATE" and "RETURNING" in sql and "SKIP LOCKED" in sql:
         return f"{kind} -> sending, RETURNING the rows (the claim)".replace("tiktok_tracking_", "")
+    if verb == "WITH" and "UPDATE" in sql:
+        # sql.settle: the answer, its attempt log and the rows' new status in one statement.
+        return "WITH INSERT deliveryanswer, INSERT deliveryattempt, UPDATE trackedevent (settled)"
     if "FOR UPDATE" in sql and "SKIP LOCKED" in sql:
         kind += " FOR UPDATE SKIP LOCKED"
     if verb == "UPDATE" and SQL_STATUS_SET.search(sql) and params:
