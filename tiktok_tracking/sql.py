@@ -1,9 +1,10 @@
 """The hand-written statements, each kept for the time a benchmark shows it saves.
 
 Everything else goes through the ORM's query builder. Two run on every payment, two on every
-batch the worker sends, and composing them through it costs more than running them. Each is
-written once, with the model's own quoted names, through the ORM's public ``RawSQL``, ``raw()``
-or a cursor; the worker's two serve PostgreSQL, and other databases take the ORM's way.
+batch the worker sends (and a third on a batch sent again later), and composing them through
+it costs more than running them. Each is written once, with the model's own quoted names,
+through the ORM's public ``RawSQL``, ``raw()`` or a cursor; the worker's serve PostgreSQL, and
+other databases take the ORM's way.
 Measured on this project's 2-core machine (``bench.delivery``'s breakdown shows each
 statement's share of a batch):
 
@@ -22,11 +23,11 @@ statement's share of a batch):
   instances, 2,000 parameters).
 
 On PostgreSQL a batch costs the worker two round trips to the database: the claim, which also
-reads each visitor's latest consent, and the settling of a delivered or refused batch, whose
-answer, attempt log and row updates go as one statement (data-modifying CTEs), atomic without
-a transaction of its own. Through the ORM they were seven (the consent read, BEGIN, three
-statements, COMMIT), and each round trip costs a worker on another host the distance twice
-(``bench.distance``).
+reads each visitor's latest consent, and the settling of a batch delivered or refused, whose
+answer, attempt log and rows' update go as one statement (data-modifying CTEs), atomic without
+a transaction of its own. For a worker 20 ms from the database that is 40 ms a batch, where
+the ORM's seven (the consent read, BEGIN, three statements, COMMIT) took 140 ms
+(``bench.distance``, ``tests/test_round_trips.py``).
 """
 
 from functools import lru_cache
