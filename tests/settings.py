@@ -5,6 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import django
 import environ
 
 env = environ.Env()
@@ -158,9 +159,29 @@ if env.str("TIKTOK_BATCH_SIZE", default=""):
 # Where a worker started by tests/test_readiness_beat.py sends readiness alerts: the admins'
 # address, mail written as files the test reads, the test's own webhook endpoint and secret.
 # Unset, as for every other test, the defaults stand.
+# Django 6.0 takes the admins as bare addresses and deprecates (name, address) pairs; 6.1
+# sends mail through MAILERS, deprecates EMAIL_BACKEND and warns when no mailer is named. Each
+# version is configured the way it asks, so that the suite runs free of those warnings.
+WITH_MAILERS = django.VERSION >= (6, 1)
+
+
+def admins(address):
+    """ADMINS naming ``address``, in the form this Django takes (tests override it with it)."""
+    return [address] if django.VERSION >= (6, 0) else [("Shop admin", address)]
+
+
+if WITH_MAILERS:
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
 if env.str("TIKTOK_TEST_ADMIN_EMAIL", default=""):
-    ADMINS = [("Shop admin", env.str("TIKTOK_TEST_ADMIN_EMAIL"))]
-if env.str("TIKTOK_TEST_EMAIL_DIR", default=""):
+    ADMINS = admins(env.str("TIKTOK_TEST_ADMIN_EMAIL"))
+if env.str("TIKTOK_TEST_EMAIL_DIR", default="") and WITH_MAILERS:
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "OPTIONS": {"file_path": env.str("TIKTOK_TEST_EMAIL_DIR")},
+        }
+    }
+elif env.str("TIKTOK_TEST_EMAIL_DIR", default=""):
     EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
     EMAIL_FILE_PATH = env.str("TIKTOK_TEST_EMAIL_DIR")
 if env.str("TIKTOK_TEST_ALERT_WEBHOOK_URL", default=""):

@@ -11,6 +11,7 @@ from django.utils import timezone
 from tests.alert_endpoint import alert_endpoint
 from tests.alert_endpoint import verified as verified_with
 from tests.factories import outbox_rows
+from tests.settings import admins
 from tests.test_outbox import tracking
 from tiktok_tracking import rollups
 from tiktok_tracking.models import ConfigChange, ReadinessAlert, TrackedEvent
@@ -44,7 +45,7 @@ def healthy_purchases(prefix, count=25):
 
 
 @pytest.mark.django_db
-@override_settings(ADMINS=[("Shop admin", "admin@shop.example")])
+@override_settings(ADMINS=admins("admin@shop.example"))
 def test_ready_to_not_ready_and_back_sends_two_alerts_by_mail_and_webhook(webhook):
     url, receiver = webhook.url, webhook
     with tracking(
@@ -180,7 +181,7 @@ def test_the_admin_lists_alerts_read_only():
 
 
 @pytest.mark.django_db
-@override_settings(ADMINS=[("Shop admin", "admin@shop.example")])
+@override_settings(ADMINS=admins("admin@shop.example"))
 def test_a_replaced_token_and_a_test_event_code_raise_one_config_alert_by_mail_and_webhook(
     webhook,
 ):

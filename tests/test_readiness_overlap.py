@@ -15,6 +15,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from tests.alert_endpoint import alert_endpoint, verified
+from tests.settings import admins
 from tests.test_outbox import tracking
 from tests.test_readiness_alerts import healthy_purchases
 from tiktok_tracking.models import ReadinessAlert, ReadinessReport, TrackedEvent
@@ -37,7 +38,7 @@ def break_the_pixel():
 
 
 @pytest.mark.django_db
-@override_settings(ADMINS=[("Shop admin", "admin@shop.example")])
+@override_settings(ADMINS=admins("admin@shop.example"))
 def test_two_runs_that_read_the_same_report_raise_each_alert_once(monkeypatch):
     readiness = {"ALERT_MAIL": True}
     with tracking(PAID_ORDERS=None, READINESS=readiness):
