@@ -8,7 +8,7 @@ come from ``tests.settings``, so worker processes and both CI passes treat the t
 from oscar.defaults import *  # noqa: F403 - oscar's own defaults, as its docs have it
 
 from tests.settings import *  # noqa: F403 - the run folder, database, broker and Celery settings
-from tests.settings import BASE_DIR, RUN_DIR
+from tests.settings import BASE_DIR, RUN_DIR, WITH_MAILERS
 from tests.settings import TIKTOK_TRACKING as TEST_PROJECT_TRACKING
 
 ROOT_URLCONF = "tests.oscar_shop.urls"
@@ -106,7 +106,10 @@ AUTHENTICATION_BACKENDS = [
 ]
 
 HAYSTACK_CONNECTIONS = {"default": {"ENGINE": "haystack.backends.simple_backend.SimpleEngine"}}
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+if not WITH_MAILERS:
+    # From Django 6.1 tests.settings names a locmem mailer in MAILERS, beside which Django
+    # refuses EMAIL_BACKEND.
+    EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 OSCAR_DEFAULT_CURRENCY = "USD"
 OSCAR_ALLOW_ANON_CHECKOUT = True
