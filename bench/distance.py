@@ -141,21 +141,6 @@ def at_distance(args, rtt_ms):
             proxy.close()
 
 
-@contextmanager
-def database_at(port):
-    """This process's Django connection through the proxy on ``port`` for a block."""
-    from django.db import connection
-
-    connection.close()
-    saved = connection.settings_dict["HOST"], connection.settings_dict["PORT"]
-    connection.settings_dict["HOST"], connection.settings_dict["PORT"] = "127.0.0.1", port
-    try:
-        yield
-    finally:
-        connection.close()
-        connection.settings_dict["HOST"], connection.settings_dict["PORT"] = saved
-
-
 def payment_statements():
     """The SQL statements of one payment, without the app and with it."""
     from django.db import connection
@@ -206,6 +191,8 @@ def drain_at(args, run_dir, sandbox, label, workers, urls=None, proxy_pids=()):
 
 def measure(args, run_dir, sandbox):
     """Every drain and payment timing: ``(rows, payments)``."""
+    from tests.latency_proxy import django_connection_through
+
     rows = []  # (distance ms, drain)
     payments = []  # (distance ms, median without, median with)
     rows.append((0.0, drain_at(args, run_dir, sandbox, "loopback, 1 worker", 1)))
@@ -225,7 +212,7 @@ def measure(args, run_dir, sandbox):
                     drain = drain_at(args, run_dir, sandbox, label, workers, urls, pids)
                     rows.append((rtt, drain))
             if args.payments:
-                with database_at(database_port):
+                with django_connection_through(database_port):
                     payments.append((rtt, *time_payments(f"d{rtt:g}", args.payments)))
     return rows, payments
 

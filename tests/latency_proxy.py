@@ -165,6 +165,22 @@ def upstream_of(url, default_port):
     return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
+@contextlib.contextmanager
+def django_connection_through(port):
+    """This process's default Django connection through the proxy on ``port`` for a block."""
+    from django.db import connection
+
+    settings = connection.settings_dict
+    connection.close()
+    saved = settings["HOST"], settings["PORT"]
+    settings["HOST"], settings["PORT"] = "127.0.0.1", port
+    try:
+        yield connection
+    finally:
+        connection.close()
+        settings["HOST"], settings["PORT"] = saved
+
+
 class LatencyProxy:
     """The proxy in a thread of this process: ``.port``, ``.url_for(url)``, ``.close()``, and
     ``.round_trips`` so far over every connection."""

@@ -156,9 +156,6 @@ TIKTOK_TRACKING = {
 if env.str("TIKTOK_BATCH_SIZE", default=""):
     TIKTOK_TRACKING["BATCH_SIZE"] = env.int("TIKTOK_BATCH_SIZE")
 
-# Where a worker started by tests/test_readiness_beat.py sends readiness alerts: the admins'
-# address, mail written as files the test reads, the test's own webhook endpoint and secret.
-# Unset, as for every other test, the defaults stand.
 # Django 6.0 takes the admins as bare addresses and deprecates (name, address) pairs; 6.1
 # sends mail through MAILERS, deprecates EMAIL_BACKEND and warns when no mailer is named. Each
 # version is configured the way it asks, so that the suite runs free of those warnings.
@@ -170,20 +167,26 @@ def admins(address):
     return [address] if django.VERSION >= (6, 0) else [("Shop admin", address)]
 
 
-if WITH_MAILERS:
-    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
+# Where a worker started by tests/test_readiness_beat.py sends readiness alerts: the admins'
+# address, mail written as files the test reads, the test's own webhook endpoint and secret.
+# Unset, as for every other test, the defaults stand.
 if env.str("TIKTOK_TEST_ADMIN_EMAIL", default=""):
     ADMINS = admins(env.str("TIKTOK_TEST_ADMIN_EMAIL"))
-if env.str("TIKTOK_TEST_EMAIL_DIR", default="") and WITH_MAILERS:
+EMAIL_DIR = env.str("TIKTOK_TEST_EMAIL_DIR", default="")
+if WITH_MAILERS:
     MAILERS = {
-        "default": {
-            "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
-            "OPTIONS": {"file_path": env.str("TIKTOK_TEST_EMAIL_DIR")},
-        }
+        "default": (
+            {
+                "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+                "OPTIONS": {"file_path": EMAIL_DIR},
+            }
+            if EMAIL_DIR
+            else {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}
+        )
     }
-elif env.str("TIKTOK_TEST_EMAIL_DIR", default=""):
+elif EMAIL_DIR:
     EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
-    EMAIL_FILE_PATH = env.str("TIKTOK_TEST_EMAIL_DIR")
+    EMAIL_FILE_PATH = EMAIL_DIR
 if env.str("TIKTOK_TEST_ALERT_WEBHOOK_URL", default=""):
     TIKTOK_TRACKING["READINESS"] = {
         "ALERT_WEBHOOK_URL": env.str("TIKTOK_TEST_ALERT_WEBHOOK_URL"),

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from tests.conftest import skip_unless_required
 from tests.factories import outbox_rows
-from tests.latency_proxy import LatencyProxy
+from tests.latency_proxy import LatencyProxy, django_connection_through
 from tiktok_tracking import delivery
 from tiktok_tracking.models import ConsentRecord, DeliveryAttempt, TrackedEvent
 
@@ -26,15 +26,11 @@ def through_a_proxy():
     settings = connection.settings_dict
     upstream = (settings["HOST"] or "127.0.0.1", int(settings["PORT"] or 5432))
     proxy = LatencyProxy(upstream, rtt_seconds=0)
-    saved = settings["HOST"], settings["PORT"]
-    connection.close()
-    settings["HOST"], settings["PORT"] = "127.0.0.1", proxy.port
     try:
-        connection.ensure_connection()
-        yield proxy
+        with django_connection_through(proxy.port) as through:
+            through.ensure_connection()
+            yield proxy
     finally:
-        connection.close()
-        settings["HOST"], settings["PORT"] = saved
         proxy.close()
 
 

@@ -375,10 +375,8 @@ def consent_at_send_time(rows):
     policy = policy_from_settings()
     for row in rows:
         recorded = row.consent_status or None
-        if row.latest_consent is None:
-            status = latest.get(row.visitor_id, recorded)
-        else:
-            status = row.latest_consent or recorded
+        read = latest.get(row.visitor_id) if row.latest_consent is None else row.latest_consent
+        status = read or recorded
         decision = decide(policy, lane=SERVER, country=row.country or None, status=status)
         if not decision.allowed and status != recorded:
             decision = replace(

@@ -40,6 +40,12 @@ from django.db.models.expressions import RawSQL
 RECEIPT_KEY = ("pixel_id", "event", "event_id")
 
 
+def _column(quote, model, name):
+    """``model``'s column ``name`` (``"pk"`` for its primary key), quoted by ``quote``."""
+    meta = model._meta
+    return quote((meta.pk if name == "pk" else meta.get_field(name)).column)
+
+
 @lru_cache(maxsize=8)
 def _receipt_sql(alias):
     from tiktok_tracking.models import BrowserReceipt
@@ -92,7 +98,7 @@ def _claim_sql(alias, names):
     meta = TrackedEvent._meta
 
     def column(name):
-        return quote((meta.pk if name == "pk" else meta.get_field(name)).column)
+        return _column(quote, TrackedEvent, name)
 
     table, pk = quote(meta.db_table), column("pk")
     archive = quote(ArchivedEvent._meta.db_table)
@@ -134,11 +140,10 @@ def _latest_consent_sql(quote, table, visitor_id):
     index), as ``ConsentRecord.latest_statuses`` would find it."""
     from tiktok_tracking.models import ConsentRecord
 
-    meta = ConsentRecord._meta
-    consent = quote(meta.db_table)
+    consent = quote(ConsentRecord._meta.db_table)
 
     def column(name):
-        return f"{consent}.{quote((meta.pk if name == 'pk' else meta.get_field(name)).column)}"
+        return f"{consent}.{_column(quote, ConsentRecord, name)}"
 
     latest = (
         f"(SELECT {column('status')} FROM {consent} "  # noqa: S608
@@ -168,13 +173,18 @@ def claim_due(alias, names, *, limit, token, worker, now, lease_until):
 
 
 @lru_cache(maxsize=8)
-def _attempts_sql(alias):
+def _attempts_sql(alias, answer_pk="%s"):
+    """The attempt log's INSERT of one array of event ids, each with ``answer_pk``: a
+    parameter, or (in ``_settle_sql``) the id the answer's INSERT returned."""
     from tiktok_tracking.models import DeliveryAttempt
 
     quote = connections[alias].ops.quote_name
     meta = DeliveryAttempt._meta
     event, answer = (quote(meta.get_field(name).column) for name in ("tracked_event", "answer"))
-    return f"INSERT INTO {quote(meta.db_table)} ({event}, {answer}) SELECT unnest(%s::bigint[]), %s"
+    return (
+        f"INSERT INTO {quote(meta.db_table)} ({event}, {answer}) "
+        f"SELECT unnest(%s::bigint[]), {answer_pk}"
+    )
 
 
 def log_attempts(alias, answer_pk, tracked_event_ids):
@@ -185,26 +195,22 @@ def log_attempts(alias, answer_pk, tracked_event_ids):
 
 @lru_cache(maxsize=8)
 def _settle_sql(alias, answer_names, row_names):
-    from tiktok_tracking.models import DeliveryAnswer, DeliveryAttempt, TrackedEvent
+    from tiktok_tracking.models import DeliveryAnswer, TrackedEvent
 
     quote = connections[alias].ops.quote_name
 
     def column(model, name):
-        meta = model._meta
-        return quote((meta.pk if name == "pk" else meta.get_field(name)).column)
+        return _column(quote, model, name)
 
     answers = quote(DeliveryAnswer._meta.db_table)
     answer_columns = ", ".join(column(DeliveryAnswer, name) for name in answer_names)
     answer_values = ", ".join(["%s"] * len(answer_names))
-    attempt_columns = ", ".join(
-        column(DeliveryAttempt, name) for name in ("tracked_event", "answer")
-    )
+    answer_pk = column(DeliveryAnswer, "pk")
     updates = ", ".join(f"{column(TrackedEvent, name)} = %s" for name in row_names)
     return (
         f"WITH answer AS (INSERT INTO {answers} ({answer_columns}) "  # noqa: S608
-        f"VALUES ({answer_values}) RETURNING {column(DeliveryAnswer, 'pk')}), "
-        f"attempts AS (INSERT INTO {quote(DeliveryAttempt._meta.db_table)} ({attempt_columns}) "
-        f"SELECT unnest(%s::bigint[]), {column(DeliveryAnswer, 'pk')} FROM answer) "
+        f"VALUES ({answer_values}) RETURNING {answer_pk}), "
+        f"attempts AS ({_attempts_sql(alias, f'{answer_pk} FROM answer')}) "
         f"UPDATE {quote(TrackedEvent._meta.db_table)} SET {updates} "
         f"WHERE {column(TrackedEvent, 'pk')} = ANY(%s::bigint[]) "
         f"AND {column(TrackedEvent, 'claim_token')} = ANY(%s::text[])"

@@ -9,12 +9,12 @@ from django.test import Client
 from tests.browser.conftest import read_ttq_queue, wait_for_js
 from tests.browser.test_purchase_lanes import (
     choose,
+    drain_until,
     load_the_sandbox_pixel,
     open_shop_in_germany,
     place_order,
 )
 from tests.conftest import wait_until
-from tiktok_tracking import delivery
 from tiktok_tracking.dedup import MERGED, SERVER_ONLY, dedup_verdict
 from tiktok_tracking.models import BrowserReceipt, TrackedEvent
 from tiktok_tracking.sandbox.server import PIXEL_SCRIPT_PATH
@@ -68,15 +68,10 @@ def buy_and_render_the_thank_you_page(browser, live_server, number):
 
 
 def deliver_server_lane(sandbox, event_id):
-    """Drain until the event is out, as the periodic sweep would: the pixel's receipt updates
-    the row, and a claim that meets the row locked by it skips it (SKIP LOCKED) and finds
-    nothing else due."""
-
-    def sent():
-        delivery.deliver_due_events(max_seconds=5)
-        return [e["event"] for e in sandbox.events() if e["event_id"] == event_id]
-
-    assert wait_until(sent, timeout=20, message=f"the server lane's {event_id}") == ["Purchase"]
+    sent, _reports = drain_until(
+        lambda: [e["event"] for e in sandbox.events() if e["event_id"] == event_id], bool
+    )
+    assert sent == ["Purchase"]
     return TrackedEvent.objects.get(event_id=event_id)
 
 

@@ -46,6 +46,22 @@ def place_order(browser, number):
     assert browser.execute_async_script(PLACE_ORDER_JS, number) == 200
 
 
+def drain_until(read, enough, timeout=20):
+    """Drain in this process and ``read()`` what was sent until ``enough`` of it, as the periodic
+    sweep would: the pixel's receipt updates the row, and a claim that meets the row locked by
+    it skips it (SKIP LOCKED) and finds nothing else due. The last reading and the drains'
+    reports, once enough or after ``timeout`` seconds."""
+    from tiktok_tracking import delivery
+
+    reports, deadline = [], time.monotonic() + timeout
+    while True:
+        reports.append(delivery.deliver_due_events(max_seconds=5))
+        sent = read()
+        if enough(sent) or time.monotonic() > deadline:
+            return sent, reports
+        time.sleep(0.1)
+
+
 def purchase_calls(queue):
     return [entry for entry in queue if entry[:2] == ["track", "Purchase"]]
 
@@ -149,7 +165,6 @@ def test_the_js_api_records_who_asked(browser, live_server):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_pixels_each_get_both_lanes_with_one_event_id(browser, live_server, sandbox, settings):
-    from tiktok_tracking import delivery
     from tiktok_tracking.sandbox.server import PIXEL_SCRIPT_PATH
 
     token = settings.TIKTOK_TRACKING["ACCESS_TOKEN"]
@@ -184,19 +199,14 @@ def test_two_pixels_each_get_both_lanes_with_one_event_id(browser, live_server, 
     )
     assert browser_lane == {"CPIXELONE0001": "order_E2E-P2", "CPIXELTWO0002": "order_E2E-P2"}
 
-    # Drained until both are out, as the periodic sweep would: each pixel's receipt updates its
-    # row, and a claim that meets a row locked by it skips it (SKIP LOCKED).
-    reports, deadline = [], time.monotonic() + 20
-    while True:
-        reports.append(delivery.deliver_due_events(max_seconds=5))
-        server_lane = {
+    server_lane, reports = drain_until(
+        lambda: {
             event["pixel"]: event["event_id"]
             for event in sandbox.events()
             if event["event"] == "Purchase"
-        }
-        if len(server_lane) >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        },
+        lambda sent: len(sent) >= 2,
+    )
     # Should the server lane come up short, the rows say who held them and what they last heard.
     assert server_lane == browser_lane, (
         reports,
