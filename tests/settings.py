@@ -198,3 +198,7 @@ if env.str("TIKTOK_TEST_READINESS", default=""):
         **TIKTOK_TRACKING.get("READINESS", {}),
         **json.loads(env.str("TIKTOK_TEST_READINESS")),
     }
+# Further top-level TIKTOK_TRACKING keys for the workers and beat of a fault scenario, as JSON
+# (tests/faults/test_recording_faults.py runs the scan of paid orders every second).
+if env.str("TIKTOK_TEST_TRACKING", default=""):
+    TIKTOK_TRACKING.update(json.loads(env.str("TIKTOK_TEST_TRACKING")))

@@ -163,3 +163,61 @@ def test_session_is_kept_alive_across_requests(sandbox):
         assert client.send(body_for(event_id=f"order_{i}")).delivered
     adapter = client.session.get_adapter(sandbox.events_url)
     assert len(adapter.poolmanager.pools) == 1
+
+
+# Requests refused for their size -------------------------------------------------------------
+
+NGINX_413_PAGE = (
+    "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    "<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "status, body, complete, code",
+    [
+        (413, NGINX_413_PAGE, True, None),
+        (413, "", True, None),
+        (413, envelope(413, "Request body too large."), True, 413),
+        (413, envelope(40002, "body too large"), True, 40002),
+        (413, "<html>" + "x" * MAX_ANSWER_BYTES, False, None),
+        (200, envelope(40061, "Too many events in one batch."), True, 40061),
+        (400, envelope(40061, "Too many events in one batch."), True, 40061),
+    ],
+)
+def test_answers_refusing_the_size_of_a_request_are_told_apart(status, body, complete, code):
+    outcome = classify_response(status, body.encode(), complete=complete)
+    assert outcome.kind == PERMANENT
+    assert outcome.too_large
+    assert outcome.code == code
+    assert len(outcome.message) <= MAX_MESSAGE_LENGTH
+    if status == 413:
+        assert outcome.message.startswith("Refused as too large (HTTP 413)")
+
+
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (200, envelope(40002, "data.0.event_id: Not a valid string.")),
+        (200, envelope(0, "OK")),
+        (400, NGINX_413_PAGE.replace("413", "400")),
+        (401, "unauthorized"),
+        (503, NGINX_413_PAGE),
+        (200, envelope(50002, "Service unavailable")),
+    ],
+)
+def test_other_answers_are_not_taken_for_a_size_refusal(status, body):
+    assert not classify_response(status, body.encode()).too_large
+
+
+def test_a_proxy_413_over_real_http_is_a_size_refusal(sandbox):
+    sandbox.set_body_limit(64)
+    client = EventsApiClient(sandbox.events_url, "test-access-token-0123456789", timeout=5)
+    outcome = client.send(body_for())
+    assert (outcome.kind, outcome.http_status, outcome.code) == (PERMANENT, 413, None)
+    assert outcome.too_large
+    assert "413 Request Entity Too Large" in outcome.message
+    # The proxy closed the connection; the next request opens another and is answered.
+    sandbox.set_body_limit(None)
+    assert client.send(body_for(event_id="order_2")).delivered

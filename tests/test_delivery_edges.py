@@ -423,3 +423,152 @@ def test_token_echoed_and_huge_messages_are_redacted_and_bounded(sandbox, caplog
     for place, text in {"rows": "\n".join(stored), "log": logged, "tiktok_check": printed}.items():
         for token in (TOKEN, OTHER_TOKEN):
             assert token not in text, f"a token in the {place}"
+
+
+# Requests bounded in bytes -------------------------------------------------------------------
+
+
+PROXY_413_PAGE = (
+    "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    "<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+def with_lines(events, lines):
+    """Give each of ``events`` an order of ``lines`` content lines (about 80 bytes each)."""
+    for event in events:
+        event.payload["properties"]["contents"] = [
+            {"content_id": f"SKU-{n:06d}", "content_name": "Mug", "quantity": 1, "price": 1.5}
+            for n in range(lines)
+        ]
+    TrackedEvent.objects.bulk_update(events, ["payload"])
+    return events
+
+
+def sent_ids(requests):
+    return [item["event_id"] for request in requests for item in request["body"]["data"]]
+
+
+def test_large_batch_is_split_below_the_byte_cap(sandbox):
+    cap = 64 * 1024
+    events = with_lines(make_rows(40, prefix="big"), 200)  # about 16 KB each, 640 KB in all
+    with tracking(BATCH_SIZE=1000, MAX_REQUEST_BYTES=cap):
+        report = delivery.deliver_due_events()
+    assert report.delivered == 40
+    sizes = [request["raw_body_size"] for request in sandbox.requests]
+    assert len(sizes) > 1
+    assert max(sizes) <= cap
+    # Every event in exactly one request, in the order they fell due.
+    assert sent_ids(sandbox.requests) == [event.event_id for event in events]
+    assert set(TrackedEvent.objects.values_list("status", flat=True)) == {Status.DELIVERED}
+
+
+def test_non_json_413_narrows_instead_of_failing_the_batch(sandbox):
+    events = make_rows(8, prefix="shared")
+    # A proxy on the way refuses the first request (the whole batch) with its own HTML page.
+    sandbox.program([{"status": 413, "body": PROXY_413_PAGE}])
+    with tracking(BATCH_SIZE=1000):
+        report = delivery.deliver_due_events()
+    assert report.delivered == 8 and report.failed == 0
+    assert [request["answer"]["status"] for request in sandbox.requests] == [413, 200, 200]
+    assert sent_ids(sandbox.requests[1:]) == [event.event_id for event in events]
+    assert set(TrackedEvent.objects.values_list("status", flat=True)) == {Status.DELIVERED}
+
+
+def test_only_the_event_refused_alone_fails_after_413(sandbox):
+    events = make_rows(8, prefix="mixed")
+    big = with_lines([events[5]], 300)[0]  # about 24 KB: a proxy's limit of 16 KB refuses it
+    sandbox.set_body_limit(16 * 1024)
+    with tracking(BATCH_SIZE=1000, MAX_REQUEST_BYTES=1024 * 1024):
+        report = delivery.deliver_due_events()
+    assert report.failed == 1 and report.delivered == 7
+    failed = row(big.event_id)
+    assert failed.status == Status.FAILED and failed.last_http_status == 413
+    assert failed.last_error.startswith("HTTP 413, Refused as too large even alone")
+    assert "413 Request Entity Too Large" in failed.last_error
+    accepted = [event["event_id"] for event in sandbox.events()]
+    assert accepted == [event.event_id for event in events if event.pk != big.pk]
+    # Halved down to the one refused alone: far fewer requests than one per event.
+    assert len(sandbox.requests) <= 2 * 3 + 1
+
+
+def test_narrowing_413_ends_when_every_request_is_refused(sandbox):
+    make_rows(8, prefix="refused")
+    sandbox.set_body_limit(1)
+    with tracking(BATCH_SIZE=1000):
+        report = delivery.deliver_due_events()
+    # Each request carries fewer events than the one it was cut from: 2n - 1 at most.
+    assert len(sandbox.requests) == report.requests == 2 * 8 - 1
+    assert report.failed == 8
+    assert not TrackedEvent.objects.exclude(status=Status.FAILED).exists()
+    for message in TrackedEvent.objects.values_list("last_message", flat=True):
+        assert message.startswith("Refused as too large even alone, in a request of")
+        assert len(message) <= MESSAGE_BOUND
+
+
+def test_413_beside_others_while_narrowing_a_40002_is_retried_not_failed(sandbox):
+    make_rows(5, prefix="beside")
+    sandbox.program(
+        [
+            {"code": 40002, "message": "data.0.properties.value: Not valid."},
+            {"status": 413, "body": PROXY_413_PAGE},
+        ]
+    )
+    with tracking(BATCH_SIZE=1000, RETRY_BASE_DELAY=60.0, RETRY_MAX_DELAY=120.0):
+        report = delivery.deliver_due_events()
+    assert report.requests == 2
+    assert row("beside_0").status == Status.FAILED
+    waiting = TrackedEvent.objects.exclude(event_id="beside_0")
+    assert {event.status for event in waiting} == {Status.PENDING}
+    for event in waiting:
+        assert event.next_attempt_at > timezone.now()
+        assert event.last_error.startswith("HTTP 413, Refused as too large in a request shared")
+    make_due_now()
+    with tracking(BATCH_SIZE=1000):
+        delivery.deliver_due_events()
+    assert {event.status for event in TrackedEvent.objects.exclude(event_id="beside_0")} == {
+        Status.DELIVERED
+    }
+
+
+def test_event_too_large_alone_is_failed_unsent_naming_its_size_and_the_setting(sandbox):
+    events = make_rows(4, prefix="alone")
+    big = with_lines([events[1]], 100)[0]
+    cap = 4096
+    with tracking(BATCH_SIZE=1000, MAX_REQUEST_BYTES=cap):
+        report = delivery.deliver_due_events()
+    assert report.failed == 1 and report.delivered == 3
+    failed = row(big.event_id)
+    assert failed.status == Status.FAILED and failed.last_http_status is None
+    assert re.match(
+        r"Not sent: this event alone makes a request of [\d,]+ bytes, above MAX_REQUEST_BYTES "
+        r"\(4,096\)",
+        failed.last_error,
+    )
+    assert big.event_id not in sent_ids(sandbox.requests)
+    assert len(sandbox.requests) == 1
+    assert failed.delivery_attempts.get().answer.outcome == "permanent"
+
+
+@pytest.mark.postgres
+def test_size_refusals_are_recorded_on_postgresql(postgresql, sandbox):
+    events = make_rows(6, prefix="pg")
+    refused, unsent = with_lines([events[1], events[4]], 100)
+    with_lines([unsent], 300)
+    sandbox.set_body_limit(4 * 1024)
+    with tracking(BATCH_SIZE=1000, MAX_REQUEST_BYTES=16 * 1024):
+        report = delivery.deliver_due_events()
+    assert (report.delivered, report.failed) == (4, 2)
+    unsent = row(unsent.event_id)
+    assert unsent.status == Status.FAILED and unsent.last_http_status is None
+    assert "above MAX_REQUEST_BYTES (16,384)" in unsent.last_error
+    refused = row(refused.event_id)
+    assert (refused.status, refused.last_http_status, refused.last_code) == (
+        Status.FAILED,
+        413,
+        None,
+    )
+    assert refused.last_error.startswith("HTTP 413, Refused as too large even alone")
+    assert DeliveryAnswer.objects.filter(http_status=413, outcome="permanent").count() == 1
+    assert not TrackedEvent.objects.filter(status=Status.SENDING).exists()

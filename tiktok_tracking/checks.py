@@ -67,6 +67,7 @@ def check_settings(app_configs=None, **kwargs):
     errors.extend(_check_adapter())
     errors.extend(_check_events_api_client())
     errors.extend(_check_numbers())
+    errors.extend(_check_request_bytes())
     errors.extend(_check_paid_orders())
     errors.extend(_check_funnel_events())
     errors.extend(_check_readiness())
@@ -415,6 +416,31 @@ def _check_numbers():
     errors.extend(_check_lease())
     errors.extend(_check_outbox_retention())
     return errors
+
+
+def _check_request_bytes():
+    """E022: MAX_REQUEST_BYTES is a whole number of bytes above 0. W008: it is above the
+    smallest limit known to stand between a shop and TikTok, so such a proxy would refuse the
+    larger requests (each refusal is narrowed, at the cost of more requests)."""
+    from tiktok_tracking.delivery import SMALLEST_KNOWN_BODY_LIMIT
+
+    cap = conf.get("MAX_REQUEST_BYTES")
+    setting = f"{conf.SETTING_NAME}['MAX_REQUEST_BYTES']"
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        return [_error("E022", f"{setting} must be a whole number of bytes above 0, not {cap!r}.")]
+    if cap > SMALLEST_KNOWN_BODY_LIMIT:
+        return [
+            _error(
+                "W008",
+                f"{setting} = {cap:,} is above {SMALLEST_KNOWN_BODY_LIMIT:,} bytes, nginx's "
+                "default client_max_body_size: a proxy on the way to TikTok that keeps it "
+                "refuses larger requests with HTTP 413, and each is then sent again in halves.",
+                hint=f"Leave it at the default ({conf.DEFAULTS['MAX_REQUEST_BYTES']:,}) unless "
+                "every hop to TikTok is known to accept more.",
+                warning=True,
+            )
+        ]
+    return []
 
 
 def _check_readiness():

@@ -20,6 +20,7 @@ from tiktok_tracking.events import compact_json
 from tiktok_tracking.pixels import configured_tokens
 from tiktok_tracking.redaction import redact
 from tiktok_tracking.standards import (
+    CODE_INVALID_BATCH_SIZE,
     CODE_INVALID_PARAMETER,
     CODE_NO_PERMISSION,
     CODE_OK,
@@ -34,8 +35,13 @@ PERMANENT = "permanent"
 
 # The codes of a 200 answer, by what they mean for the events (docs/troubleshooting.md).
 DELIVERED_CODES = frozenset({CODE_OK, CODE_PARTIAL_SUCCESS})
-PERMANENT_CODES = frozenset({CODE_NO_PERMISSION, CODE_INVALID_PARAMETER})
+PERMANENT_CODES = frozenset({CODE_NO_PERMISSION, CODE_INVALID_PARAMETER, CODE_INVALID_BATCH_SIZE})
 TRANSIENT_CODES = frozenset({CODE_TOO_MANY_REQUESTS, *SERVER_ERROR_CODES})
+# A request refused for its size, by TikTok or by a proxy on the way (an nginx in front of a
+# gateway answers its own HTML page): permanent for that request, not for its events, which a
+# smaller request may carry (delivery halves it).
+HTTP_PAYLOAD_TOO_LARGE = 413
+TOO_LARGE_CODES = frozenset({CODE_INVALID_BATCH_SIZE})
 # An answer the app cannot place (a code TikTok does not document, an answer too long to read)
 # may be a new kind of outage or a new kind of refusal: retried, but only until a row has had
 # this many attempts in all; then it fails with the answer kept.
@@ -82,6 +88,13 @@ class Outcome:
     def delivered(self):
         return self.kind == DELIVERED
 
+    @property
+    def too_large(self):
+        """Refused for the request's size: the same events in smaller requests may pass."""
+        return self.kind == PERMANENT and (
+            self.http_status == HTTP_PAYLOAD_TOO_LARGE or self.code in TOO_LARGE_CODES
+        )
+
 
 @sensitive_variables("secrets")
 def classify_response(http_status, body, event_count=0, *, secrets=(), complete=True):
@@ -111,6 +124,10 @@ def classify_response(http_status, body, event_count=0, *, secrets=(), complete=
 
     if http_status >= 500 or http_status == 429:
         return outcome(TRANSIENT)
+    if http_status == HTTP_PAYLOAD_TOO_LARGE:
+        # Whatever the body says, if anything readable: a proxy's HTML page, or TikTok's JSON.
+        code = envelope.get("code") if isinstance(envelope, dict) else None
+        return outcome(PERMANENT, code, message=f"Refused as too large (HTTP 413): {readable}")
     if not complete:
         message = f"Answer longer than {MAX_ANSWER_BYTES // 1024} KiB, not read whole: {text}"
         if http_status >= 400:

@@ -38,6 +38,10 @@ DEFAULTS = {
     "ENABLED": True,
     # Delivery.
     "BATCH_SIZE": 1000,
+    # The largest request body sent, in bytes: a batch is cut into requests within it. Below the
+    # smallest limit known on the way to TikTok (nginx's default, 1 MiB; TikTok documents none),
+    # above a full batch of typical purchases (docs/settings.md has the figures).
+    "MAX_REQUEST_BYTES": 1_000_000,
     "TIMEOUT": 10.0,
     "RETRY_BASE_DELAY": 30.0,
     "RETRY_MAX_DELAY": 3600.0,

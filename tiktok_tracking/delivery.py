@@ -21,7 +21,15 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from tiktok_tracking import conf, sql
-from tiktok_tracking.client import DELIVERED, PERMANENT, TRANSIENT, Outcome, configured_client
+from tiktok_tracking.client import (
+    CUT_MARKER,
+    DELIVERED,
+    MAX_MESSAGE_LENGTH,
+    PERMANENT,
+    TRANSIENT,
+    Outcome,
+    configured_client,
+)
 from tiktok_tracking.consent import SERVER, decide, policy_from_settings
 from tiktok_tracking.events import compact_json, encode_request_body
 from tiktok_tracking.models import (
@@ -33,6 +41,7 @@ from tiktok_tracking.models import (
     TrackedEvent,
 )
 from tiktok_tracking.pixels import configured_pixels
+from tiktok_tracking.redaction import redact
 from tiktok_tracking.signals import events_delivered, events_failed
 from tiktok_tracking.standards import CODE_INVALID_PARAMETER
 
@@ -60,6 +69,13 @@ NARROWING_STOPPED_MESSAGE = (
     f"Not narrowed further after {1 + MAX_NARROWING_REQUESTS} requests: TikTok refused these "
     "events in a batch for a parameter error it did not pin on them; each is sent again later, "
     "until it is delivered or named itself. TikTok's last answer"
+)
+# The smallest limit on a request body known to stand between a shop and TikTok: nginx's default
+# client_max_body_size, 1 MiB (TikTok documents none). MAX_REQUEST_BYTES stays below it.
+SMALLEST_KNOWN_BODY_LIMIT = 1024 * 1024
+TOO_LARGE_TOGETHER_MESSAGE = (
+    "Refused as too large in a request shared with other events, none of them to blame yet: "
+    "each is sent again later, in a smaller request. The answer"
 )
 UNSTORABLE_ANSWER_MESSAGE = (
     "TikTok's answer could not be stored: this outcome was recorded without it (worker log)."
@@ -277,8 +293,9 @@ def start_sending(rows, sender, report, send_by=None):
             # Rows of a pixel taken out of the settings: failed, and resendable once it is back.
             record_outcome(group, unconfigured_pixel(group[0].pixel_id, len(group)), report)
             continue
-        future = sender.start(*_request(pixel, test_event_code, group), send_by=send_by)
-        in_flight.append((pixel, test_event_code, group, future, send_by))
+        for part in capped_requests(pixel, test_event_code, group, report):
+            future = sender.start(*_request(pixel, test_event_code, part), send_by=send_by)
+            in_flight.append((pixel, test_event_code, part, future, send_by))
     return in_flight
 
 
@@ -387,13 +404,94 @@ def consent_at_send_time(rows):
 
 def _request(pixel, test_event_code, rows):
     """``(body, event_count, access_token)`` of one request carrying ``rows`` to ``pixel``."""
-    body = encode_request_body(
+    body = _encoded_body(pixel, test_event_code, [row.payload_json for row in rows])
+    return body, len(rows), pixel.access_token
+
+
+def _encoded_body(pixel, test_event_code, items):
+    return encode_request_body(
         pixel.pixel_id,
-        [row.payload_json for row in rows],
+        items,
         test_event_code=test_event_code,
         partner_name=conf.get("PARTNER_NAME") or None,
     )
-    return body, len(rows), pixel.access_token
+
+
+def capped_requests(pixel, test_event_code, rows, report):
+    """``rows`` cut, in order, into the requests that keep each body within MAX_REQUEST_BYTES;
+    an event too large to go even alone is failed here, with its size and the setting named.
+
+    Measured, not encoded: a batch under the cap (the usual case) is encoded once, whole, by
+    :func:`_request`.
+    """
+    cap = int(conf.get("MAX_REQUEST_BYTES"))
+    envelope, sizes = request_sizes(pixel, test_event_code, rows)
+    if request_bytes(envelope, sizes) <= cap:
+        return [rows]
+    sendable, sendable_sizes = [], []
+    for row, size in zip(rows, sizes, strict=True):
+        if envelope + size > cap:
+            record_outcome([row], too_large_to_send(envelope + size, cap), report)
+        else:
+            sendable.append(row)
+            sendable_sizes.append(size)
+    return [sendable[start:stop] for start, stop in byte_capped_runs(sendable_sizes, cap, envelope)]
+
+
+def too_large_to_send(size, cap):
+    message = (
+        f"Not sent: this event alone makes a request of {size:,} bytes, above MAX_REQUEST_BYTES "
+        f"({cap:,}). Where TikTok and every proxy on the way accept larger requests, raise "
+        "MAX_REQUEST_BYTES and resend it."
+    )
+    return Outcome(PERMANENT, message=message, event_count=1)
+
+
+def request_sizes(pixel, test_event_code, rows):
+    """``(envelope, sizes)``: the bytes of a body to ``pixel`` with no event, and of each row's
+    item in it, so that a body of them is :func:`request_bytes` long."""
+    envelope = len(_encoded_body(pixel, test_event_code, []))
+    return envelope, [encoded_size(row.payload_json) for row in rows]
+
+
+def encoded_size(text):
+    # Most items are ASCII (hashes, ids, numbers), whose length is their size in UTF-8.
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def request_bytes(envelope, sizes):
+    """The length of a body of items of ``sizes`` bytes: the envelope, the items, a comma
+    between each two."""
+    return envelope + sum(sizes) + max(len(sizes) - 1, 0)
+
+
+def byte_capped_runs(sizes, cap, envelope):
+    """``[(start, stop)]``: consecutive runs of the items, in order, each run's body (of
+    :func:`request_bytes`) within ``cap``; an item over it even alone makes a run of its own."""
+    runs = []
+    start, used = 0, envelope
+    for index, size in enumerate(sizes):
+        if index == start:
+            used += size
+        elif used + 1 + size > cap:
+            runs.append((start, index))
+            start, used = index, envelope + size
+        else:
+            used += 1 + size
+    if sizes:
+        runs.append((start, len(sizes)))
+    return runs
+
+
+def halve_by_bytes(sizes):
+    """Where to cut items of ``sizes`` bytes into two runs of about half the bytes each, each
+    run holding at least one item (at least two items are needed)."""
+    half, running = sum(sizes) / 2, 0
+    for index, size in enumerate(sizes):
+        running += size
+        if running >= half:
+            return min(max(index + 1, 1), len(sizes) - 1)
+    return len(sizes) - 1
 
 
 def send_group(sender, pixel, test_event_code, rows, report, *, outcome=None, send_by=None):
@@ -406,6 +504,9 @@ def send_group(sender, pixel, test_event_code, rows, report, *, outcome=None, se
     it: they go back to the queue like a transient error (backoff, retry window), so a batch
     whose events all share one bad field costs three requests a round, not one per event, and
     a good event among bad ones is delivered in a later round.
+
+    A request refused for its size (HTTP 413, whatever its body) is halved instead, until each
+    event is answered on its own merits (:func:`_narrow_by_size`).
     """
 
     def answered(outcome):
@@ -418,6 +519,9 @@ def send_group(sender, pixel, test_event_code, rows, report, *, outcome=None, se
         return answered(sender.send_encoded(*request, send_by=send_by))
 
     outcome = send(rows) if outcome is None else answered(outcome)
+    if outcome.too_large:
+        _narrow_by_size(pixel, test_event_code, rows, outcome, send, report)
+        return
     spare = MAX_NARROWING_REQUESTS
     while _refused_for_a_parameter(outcome) and len(rows) > 1 and spare:
         index = failing_item_index(outcome.message)
@@ -434,9 +538,50 @@ def send_group(sender, pixel, test_event_code, rows, report, *, outcome=None, se
     record_narrowed(rows, outcome, report)
 
 
+def _narrow_by_size(pixel, test_event_code, rows, outcome, send, report):
+    """Halve a request refused as too large (HTTP 413) by bytes, and each half again while it
+    is refused, so that only an event refused alone fails; every other is answered on its own
+    merits.
+
+    It ends: each request carries fewer events than the one it was cut from, so n events cost
+    at most 2n - 1 requests, each started only while the rows' lease covers it (QueuedSender:
+    those it cannot are retried later, inside the retry window, like any transient error).
+    """
+    envelope, sizes = request_sizes(pixel, test_event_code, rows)
+    logger.warning(
+        "TikTok delivery: a request of %d bytes (%d event(s)) was refused as too large (HTTP %s, "
+        "code %s); each event is sent in smaller requests until it is answered or refused alone. "
+        "Set MAX_REQUEST_BYTES below the limit that refused it.",
+        request_bytes(envelope, sizes),
+        len(rows),
+        outcome.http_status,
+        outcome.code,
+    )
+    # Depth first, the first half first: the events keep their order on the wire.
+    pending = [(rows, sizes, outcome)]
+    while pending:
+        part, part_sizes, answer = pending.pop()
+        if answer is None:
+            answer = send(part)
+        if answer.too_large and len(part) > 1:
+            cut = halve_by_bytes(part_sizes)
+            pending.append((part[cut:], part_sizes[cut:], None))
+            pending.append((part[:cut], part_sizes[:cut], None))
+            continue
+        if answer.too_large:
+            size = request_bytes(envelope, part_sizes)
+            answer = _reworded(
+                answer,
+                f"Refused as too large even alone, in a request of {size:,} bytes carrying "
+                f"only this event: {answer.message}",
+            )
+        record_narrowed(part, answer, report)
+
+
 def record_narrowed(rows, outcome, report):
     """Record the last answer to a narrowed request: a parameter error on several events fails
-    the one it names, and sends the others again later."""
+    the one it names, and sends the others again later; so does a refusal of their request as
+    too large, which blames none of them."""
     if _refused_for_a_parameter(outcome) and len(rows) > 1:
         index = failing_item_index(outcome.message)
         if index is not None and index < len(rows):
@@ -444,7 +589,15 @@ def record_narrowed(rows, outcome, report):
         outcome = replace(
             outcome, kind=TRANSIENT, message=f"{NARROWING_STOPPED_MESSAGE}: {outcome.message}"
         )
+    elif outcome.too_large and len(rows) > 1:
+        outcome = _reworded(outcome, f"{TOO_LARGE_TOGETHER_MESSAGE}: {outcome.message}")
+        outcome = replace(outcome, kind=TRANSIENT)
     record_outcome(rows, outcome, report)
+
+
+def _reworded(outcome, message):
+    """``outcome`` with ``message``, bounded as every answer's message is."""
+    return replace(outcome, message=redact(message, limit=MAX_MESSAGE_LENGTH, marker=CUT_MARKER))
 
 
 def _fail_the_blamed(rows, index, outcome, report):

@@ -8,6 +8,9 @@ CODE_PARTIAL_SUCCESS = 20001
 CODE_NO_PERMISSION = 40001
 CODE_INVALID_PARAMETER = 40002
 CODE_TOO_MANY_REQUESTS = 40100
+# Too many events in one request (unverified for the Events API: from the code list of TikTok's
+# business API SDK). A smaller request may pass, as after an HTTP 413.
+CODE_INVALID_BATCH_SIZE = 40061
 # TikTok's own side (unverified: third-party write-ups): 50000 internal error, 50002 service
 # unavailable, and the rest of the 5xxxx range with them.
 CODE_INTERNAL_ERROR = 50000

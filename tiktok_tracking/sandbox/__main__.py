@@ -42,6 +42,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds to wait before every answer"
     )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="answer track requests with a longer body HTTP 413 and an HTML page, as a proxy "
+        "(nginx's client_max_body_size) does; default: no limit but the sandbox's own",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument(
         "--store",
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             latency=args.latency,
             verbose=args.verbose,
             store=args.store,
+            max_body_bytes=args.max_body_bytes,
         )
     except (OSError, ValueError) as exc:
         print(f"Cannot start the sandbox on {args.host}:{args.port}: {exc}", file=sys.stderr)

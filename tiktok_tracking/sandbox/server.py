@@ -61,6 +61,15 @@ BROWSER_ONLY = "browser only"
 _PAGE_REQUESTS = 50
 _PAGE_REFRESH_SECONDS = 3
 
+# What a proxy in front of the endpoint answers to a body over its limit (nginx's page, word for
+# word but the server's name): HTML, not TikTok's JSON envelope.
+PROXY_TOO_LARGE_PAGE = (
+    b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    b"<center><h1>413 Request Entity Too Large</h1></center>\r\n"
+    b"<hr><center>sandbox proxy</center>\r\n</body>\r\n</html>\r\n"
+)
+REFUSED_BY_BODY_LIMIT = "body limit"
+
 _SCRIPT_KEYS = frozenset({"status", "code", "message", "delay", "body", "drop"})
 _DEFAULT_MESSAGES = {
     CODE_OK: "OK",
@@ -84,6 +93,14 @@ def _check_delay(value: Any, what: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def _check_body_limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"the body limit must be a number of bytes >= 0 or None, got {value!r}")
+    return value
 
 
 def _check_script(item: Any, index: int) -> dict[str, Any]:
@@ -448,6 +465,9 @@ class SandboxServer:
     Errors are HTTP 200 with a non-zero ``code``, as TikTok sends them.
     ``store``, a file path, keeps the track requests and pixel calls across restarts: read at
     start, each new one appended as a JSON line, emptied by :meth:`reset` (the page's "Clear").
+    ``max_body_bytes`` plays a proxy in front of the endpoint (nginx's ``client_max_body_size``):
+    a track request whose body is longer is answered HTTP 413 with an HTML page, never reaching
+    the endpoint (recorded, with ``refused`` set; none of its events is accepted).
     """
 
     def __init__(
@@ -461,6 +481,7 @@ class SandboxServer:
         latency: float = 0.0,
         verbose: bool = False,
         store: str | Path | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self._token = token
         self._tokens = dict(tokens) if tokens else {}
@@ -477,6 +498,8 @@ class SandboxServer:
         # event_id -> the field error TikTok would name for it (see reject_events).
         self._rejected: dict[str, str] = {}
         self._latency = self._initial_latency
+        self._initial_body_limit = _check_body_limit(max_body_bytes)
+        self._body_limit = self._initial_body_limit
         # Set on stop(): wakes handlers sleeping out a latency so they end at once.
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -582,15 +605,28 @@ class SandboxServer:
         with self._lock:
             return self._latency
 
+    def set_body_limit(self, max_body_bytes: int | None) -> None:
+        """Refuse later track requests whose body is longer than ``max_body_bytes`` with HTTP
+        413 and an HTML page, as a proxy does; None lifts the limit."""
+        limit = _check_body_limit(max_body_bytes)
+        with self._lock:
+            self._body_limit = limit
+
+    @property
+    def body_limit(self) -> int | None:
+        with self._lock:
+            return self._body_limit
+
     def reset(self) -> None:
         """Forget requests, pixel calls (the store's too), queued answers and rejections;
-        reset the latency."""
+        reset the latency and the body limit."""
         with self._lock:
             self._records.clear()
             self._pixel_calls.clear()
             self._queue.clear()
             self._rejected.clear()
             self._latency = self._initial_latency
+            self._body_limit = self._initial_body_limit
             if self._store is not None:
                 self._store.write_text("")
 
@@ -760,6 +796,10 @@ class SandboxServer:
 
     def _handle_track(self, handler: _Handler, path: str, raw_body: bytes) -> None:
         received_at = time.time()
+        limit = self.body_limit
+        if limit is not None and len(raw_body) > limit:
+            self._refuse_as_too_large(handler, path, raw_body, received_at)
+            return
         # Parsed once: validating a 1,000-event body is work enough.
         try:
             body = parsed = parse_body(raw_body)
@@ -835,6 +875,45 @@ class SandboxServer:
             },
         )
 
+    def _refuse_as_too_large(
+        self, handler: _Handler, path: str, raw_body: bytes, received_at: float
+    ) -> None:
+        """Answer as a proxy over its body limit does: at once, HTTP 413, its own HTML page,
+        and the connection closed. The body was read whole first, so the client gets to read
+        the answer (nginx too reads on for a while before closing)."""
+        try:
+            body = parse_body(raw_body)
+        except ValueError:
+            body = None
+        present, valid = token_status(handler.headers, self._expected_token(body))
+        with self._lock:
+            self._records.append(
+                {
+                    "request_id": _new_request_id(),
+                    "received_at": received_at,
+                    "method": "POST",
+                    "path": path,
+                    "headers": _recordable_headers(handler.headers, self._secrets()),
+                    "access_token_present": present,
+                    "access_token_valid": valid,
+                    "body": body,
+                    "raw_body_size": len(raw_body),
+                    "answer": {
+                        "status": HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
+                        "code": None,
+                        "message": PROXY_TOO_LARGE_PAGE.decode(),
+                    },
+                    "scripted": False,
+                    "refused": REFUSED_BY_BODY_LIMIT,
+                    "validation": None,
+                }
+            )
+            self._keep("request", self._records[-1])
+        handler.close_connection = True
+        handler.send_bytes(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, PROXY_TOO_LARGE_PAGE, content_type="text/html"
+        )
+
     def _handle_pixel(self, handler: _Handler, method: str, raw_body: bytes) -> None:
         cors = [("Access-Control-Allow-Origin", "*")]
         if method != "POST":
@@ -901,6 +980,7 @@ class SandboxServer:
             ("GET", "merged"): lambda _, __: self.merged(),
             ("POST", "program"): self._control_program,
             ("POST", "latency"): self._control_latency,
+            ("POST", "body-limit"): self._control_body_limit,
             ("POST", "reset"): self._control_reset,
         }
         route = routes.get((method, action))
@@ -939,6 +1019,12 @@ class SandboxServer:
             raise ValueError('POST /sandbox/latency expects {"seconds": <number>}')
         self.set_latency(payload["seconds"])
         return {"ok": True, "seconds": self.latency}
+
+    def _control_body_limit(self, payload: Any, _: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict) or "bytes" not in payload:
+            raise ValueError('POST /sandbox/body-limit expects {"bytes": <number or null>}')
+        self.set_body_limit(payload["bytes"])
+        return {"ok": True, "bytes": self.body_limit}
 
     def _control_reset(self, _: Any, __: Any) -> dict[str, Any]:
         self.reset()
