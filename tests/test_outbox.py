@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.factories import outbox_rows
 from tests.shop.models import Order, OrderLine
-from tiktok_tracking import capture_context, delivery, tasks
+from tiktok_tracking import capture_context, delivery, sql, tasks
 from tiktok_tracking.adapters import OrderAdapter
 from tiktok_tracking.client import DELIVERED, TRANSIENT, Outcome
 from tiktok_tracking.models import CheckoutContext, DeliveryAnswer, DeliveryAttempt, TrackedEvent
@@ -206,15 +206,18 @@ def test_claim_takes_due_rows_once_and_counts_the_attempt():
 @pytest.mark.django_db
 def test_a_claim_names_its_worker_and_time_in_its_one_update():
     _rows(3)
-    now = timezone.now()
+    before = sql.database_now()
     with CaptureQueriesContext(connection) as captured:
-        claimed = delivery.claim_due_events(10, now=now)
+        claimed = delivery.claim_due_events(10)
+    after = sql.database_now()
     # Written by the UPDATE that claims the rows, not by a statement (or one per row) of its own.
     writes = [q["sql"] for q in captured if q["sql"].lstrip().upper().startswith("UPDATE")]
     assert len(writes) == 1 and "claimed_by" in writes[0] and "claimed_at" in writes[0]
     worker = f"{socket.gethostname()}:{os.getpid()}"
     rows = TrackedEvent.objects.filter(pk__in=[row.pk for row in claimed])
-    assert {(row.claimed_by, row.claimed_at) for row in rows} == {(worker, now)}
+    [(claimed_by, claimed_at)] = {(row.claimed_by, row.claimed_at) for row in rows}
+    # One time for the whole claim, the database's, as it ran.
+    assert claimed_by == worker and before <= claimed_at <= after
     # Kept once the outcome is recorded: the row's page still says who sent it last.
     delivery.record_outcome(claimed, Outcome(DELIVERED, 200, 0), delivery.DrainReport())
     assert {(row.status, row.claimed_by) for row in rows.all()} == {(Status.DELIVERED, worker)}
@@ -404,11 +407,13 @@ def test_retries_stop_at_the_retry_window(sandbox):
 @pytest.mark.django_db
 def test_expired_leases_are_taken_back():
     _rows(3)
-    lost = delivery.claim_due_events(10, lease_seconds=1)
-    later = timezone.now() + timedelta(seconds=5)
-    assert delivery.expire_leases(later) == 3
+    lost = delivery.claim_due_events(10, lease_seconds=60)
+    assert delivery.expire_leases() == 0
+    # Five seconds past the leases' end, by the database's clock.
+    TrackedEvent.objects.update(lease_expires_at=sql.database_now() - timedelta(seconds=5))
+    assert delivery.expire_leases() == 3
     assert TrackedEvent.objects.filter(status=Status.PENDING).count() == 3
-    assert len(delivery.claim_due_events(10, now=later)) == 3
+    assert len(delivery.claim_due_events(10)) == 3
     # A late outcome from the worker that lost its lease does not overwrite the new claim.
     delivery.record_outcome(lost, Outcome(DELIVERED, 200, 0), delivery.DrainReport())
     assert TrackedEvent.objects.filter(status=Status.SENDING).count() == 3

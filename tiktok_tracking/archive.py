@@ -3,10 +3,10 @@
 from datetime import timedelta
 
 from django.db import connection, transaction
-from django.utils import timezone
 
 from tiktok_tracking import conf
 from tiktok_tracking.models import ArchivedEvent, EventFields, TrackedEvent
+from tiktok_tracking.sql import database_now
 
 Status = TrackedEvent.Status
 FINISHED = (Status.DELIVERED, Status.FAILED, Status.SUPPRESSED)
@@ -23,9 +23,10 @@ def archive_finished(now=None, retention_hours=None, chunk_size=CHUNK_SIZE):
 
     Each chunk is copied and deleted in one transaction; the rows are locked (PostgreSQL) or
     the database is (SQLite), so a resend racing the move either requeues a row before it is
-    taken (and it stays) or finds it gone from the outbox.
+    taken (and it stays) or finds it gone from the outbox. ``now`` is the database's time
+    unless given: the rows' ``updated_at`` is written by that clock.
     """
-    now = now or timezone.now()
+    now = now or database_now()
     hours = conf.get("OUTBOX_RETENTION_HOURS") if retention_hours is None else retention_hours
     cutoff = now - timedelta(hours=hours)
     moved, after = 0, 0

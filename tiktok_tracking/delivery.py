@@ -15,9 +15,19 @@ from datetime import datetime, timedelta
 from itertools import groupby
 
 from django.db import DatabaseError, connection, connections, router, transaction
-from django.db.models import Count, F, TextField
-from django.db.models.functions import Cast
-from django.utils import timezone
+from django.db.models import (
+    BooleanField,
+    Count,
+    DateTimeField,
+    ExpressionWrapper,
+    F,
+    Func,
+    JSONField,
+    Q,
+    TextField,
+    Value,
+)
+from django.db.models.functions import Cast, Now
 from django.views.decorators.debug import sensitive_variables
 
 from tiktok_tracking import conf, sql
@@ -43,6 +53,7 @@ from tiktok_tracking.models import (
 from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.redaction import redact
 from tiktok_tracking.signals import events_delivered, events_failed
+from tiktok_tracking.sql import DatabaseNow
 from tiktok_tracking.standards import CODE_INVALID_PARAMETER
 
 logger = logging.getLogger(__name__)
@@ -157,16 +168,17 @@ def worker_name():
     return socket.gethostname()[:room] + pid
 
 
-def claim_due_events(limit, *, now=None, lease_seconds=None):
+def claim_due_events(limit, *, lease_seconds=None):
     """Claim up to ``limit`` due rows for this worker and return them, oldest first.
 
+    Due, and leased, by the database's clock: a worker whose own clock is off neither waits
+    for rows that are due nor holds a lease that has already run out for the others.
     PostgreSQL locks the candidates with SKIP LOCKED so concurrent workers take disjoint sets,
     and claims and returns them in one statement (``sql.claim_due``); elsewhere (SQLite) the
     conditional UPDATE on ``status`` decides who wins, and the claim token tells each worker
     which rows are its own.
     """
-    now = now or timezone.now()
-    lease = timedelta(seconds=lease_seconds or conf.get("LEASE_SECONDS"))
+    lease_seconds = float(lease_seconds or conf.get("LEASE_SECONDS"))
     token = uuid.uuid4().hex
     worker = worker_name()
     alias = router.db_for_write(TrackedEvent)
@@ -177,11 +189,10 @@ def claim_due_events(limit, *, now=None, lease_seconds=None):
             limit=limit,
             token=token,
             worker=worker,
-            now=now,
-            lease_until=now + lease,
+            lease_seconds=lease_seconds,
         )
         return [ClaimedRow(*row) for row in rows]
-    candidates = TrackedEvent.objects.due(now).order_by("next_attempt_at", "pk")
+    candidates = TrackedEvent.objects.due().order_by("next_attempt_at", "pk")
     skip_locked = connection.features.has_select_for_update_skip_locked
     # SQLite must not hold a read transaction here: upgrading it to a write would fail
     # with "database is locked" under contention instead of waiting.
@@ -194,11 +205,11 @@ def claim_due_events(limit, *, now=None, lease_seconds=None):
         TrackedEvent.objects.filter(pk__in=ids, status=Status.PENDING).update(
             status=Status.SENDING,
             claim_token=token,
-            lease_expires_at=now + lease,
+            lease_expires_at=DatabaseNow() + timedelta(seconds=lease_seconds),
             claimed_by=worker,
-            claimed_at=now,
+            claimed_at=DatabaseNow(),
             attempts=F("attempts") + 1,
-            updated_at=now,
+            updated_at=DatabaseNow(),
         )
     # By id as well: the outbox keeps no index on the token.
     return load_claimed(TrackedEvent.objects.filter(pk__in=ids, claim_token=token))
@@ -610,15 +621,15 @@ def _refused_for_a_parameter(outcome):
     return outcome.kind == PERMANENT and outcome.code == CODE_INVALID_PARAMETER
 
 
-def record_outcome(rows, outcome, report, now=None):
-    """Write the attempt log and move each row to delivered, failed or its next attempt.
+def record_outcome(rows, outcome, report):
+    """Write the attempt log and move each row to delivered, failed or its next attempt, every
+    time in it taken from the database's clock.
 
     Should the answer still not fit the database, the outcome is recorded without TikTok's
     fields: rows left ``sending`` would only be sent again and again.
     """
-    now = now or timezone.now()
     try:
-        settled = _write_outcome(rows, outcome, now)
+        settled = _write_outcome(rows, outcome)
     except DatabaseError as exc:
         # Only the error's type: its text may quote the value that did not fit.
         logger.error(
@@ -629,7 +640,7 @@ def record_outcome(rows, outcome, report, now=None):
         bare = replace(
             outcome, http_status=None, code=None, message=UNSTORABLE_ANSWER_MESSAGE, request_id=""
         )
-        settled = _write_outcome(rows, bare, now)
+        settled = _write_outcome(rows, bare)
     settled.announce(report)
 
 
@@ -663,10 +674,10 @@ class SettledRows:
             )
 
 
-def _write_outcome(rows, outcome, now):
+def _write_outcome(rows, outcome):
     """Log the answer and settle the rows, all or nothing; what was settled."""
     logged = {
-        "attempted_at": now,
+        "attempted_at": DatabaseNow(),
         "outcome": outcome.kind,
         "batch_size": outcome.event_count,
         "http_status": outcome.http_status,
@@ -682,12 +693,17 @@ def _write_outcome(rows, outcome, now):
         "last_request_id": outcome.request_id,
         "lease_expires_at": None,
         "claim_token": "",
-        "updated_at": now,
+        "updated_at": DatabaseNow(),
     }
     settled = SettledRows(error=_error_text(outcome))
     if outcome.kind == DELIVERED:
         _settle_rows(
-            rows, logged, status=Status.DELIVERED, delivered_at=now, last_error="", **answer
+            rows,
+            logged,
+            status=Status.DELIVERED,
+            delivered_at=DatabaseNow(),
+            last_error="",
+            **answer,
         )
         settled.delivered = [row.pk for row in rows]
     elif outcome.kind == PERMANENT:
@@ -696,7 +712,7 @@ def _write_outcome(rows, outcome, now):
     else:
         with transaction.atomic():
             log_attempts([row.pk for row in rows], **logged)
-            schedule_retries(rows, outcome, answer, now, settled)
+            schedule_retries(rows, outcome, answer, settled)
     return settled
 
 
@@ -725,9 +741,9 @@ def _settle_rows(rows, logged, **values):
         )
 
 
-def schedule_retries(rows, outcome, answer, now, settled):
-    """Back off each row by its attempt count; rows past the retry window, or past the attempts
-    an answer the app cannot place allows, become failed."""
+def schedule_retries(rows, outcome, answer, settled):
+    """Back off each row by its attempt count, due again by the database's clock; rows past the
+    retry window, or past the attempts an answer the app cannot place allows, become failed."""
     base = float(conf.get("RETRY_BASE_DELAY"))
     cap = float(conf.get("RETRY_MAX_DELAY"))
     window = timedelta(hours=float(conf.get("MAX_RETRY_HOURS")))
@@ -746,24 +762,31 @@ def schedule_retries(rows, outcome, answer, now, settled):
             )
             settled.exhausted += [row.pk for row in given_up]
             rows = [row for row in rows if row.attempts < outcome.max_attempts]
-    exhausted = []
+    unsettled = []
     for attempts, group in groupby(sorted(rows, key=_attempts), _attempts):
-        delay = retry_delay(attempts, base, cap)
-        next_attempt_at = now + timedelta(seconds=delay)
-        waiting = []
-        for row in group:
-            (exhausted if next_attempt_at > row.created_at + window else waiting).append(row)
-        if waiting:
-            _update_claimed(
-                waiting,
+        group = list(group)
+        delay = timedelta(seconds=retry_delay(attempts, base, cap))
+        # Only a row whose next attempt still falls inside its retry window waits for it.
+        waiting = (
+            _claimed(group)
+            .filter(created_at__gte=DatabaseNow() + (delay - window))
+            .update(
                 status=Status.PENDING,
-                next_attempt_at=next_attempt_at,
+                next_attempt_at=DatabaseNow() + delay,
                 last_error=error,
                 **answer,
             )
-            settled.retrying += len(waiting)
-            if settled.next_retry_in is None or delay < settled.next_retry_in:
-                settled.next_retry_in = delay
+        )
+        if waiting:
+            settled.retrying += waiting
+            seconds = delay.total_seconds()
+            if settled.next_retry_in is None or seconds < settled.next_retry_in:
+                settled.next_retry_in = seconds
+        if waiting < len(group):
+            unsettled += group
+    # Those of them still held are the rows whose window had closed; asked only when some are.
+    still_held = set(_claimed(unsettled).values_list("pk", flat=True)) if unsettled else ()
+    exhausted = [row for row in unsettled if row.pk in still_held]
     if exhausted:
         _update_claimed(
             exhausted,
@@ -806,12 +829,15 @@ def _attempts(row):
 
 
 def _update_claimed(rows, **values):
+    return _claimed(rows).update(**values)
+
+
+def _claimed(rows):
+    """The outbox rows of ``rows`` still held by the claims that returned them."""
     # The claim token guards against a late outcome overwriting a row that the sweeper has
     # since handed to another worker.
     tokens = {row.claim_token for row in rows}
-    return TrackedEvent.objects.filter(
-        pk__in=[row.pk for row in rows], claim_token__in=tokens
-    ).update(**values)
+    return TrackedEvent.objects.filter(pk__in=[row.pk for row in rows], claim_token__in=tokens)
 
 
 def _error_text(outcome):
@@ -825,61 +851,63 @@ def _error_text(outcome):
     return ", ".join(parts) or outcome.kind
 
 
-def expire_leases(now=None):
+def expire_leases():
     """Return rows whose worker died mid-send to the queue; returns how many.
 
-    Not every time: a row past its retry window, or whose lease has run out MAX_LEASE_EXPIRIES
-    times with no outcome recorded, is failed instead, with the reason.
+    Expired, and due again, by the database's clock: a sweeper whose own clock runs ahead
+    takes no lease that is still live. Not every time: a row past its retry window, or whose
+    lease has run out MAX_LEASE_EXPIRIES times with no outcome recorded, is failed instead,
+    with the reason.
     """
-    now = now or timezone.now()
     hours = conf.get("MAX_RETRY_HOURS")
     window = timedelta(hours=float(hours))
-    expired = TrackedEvent.objects.expired_leases(now)
+    expired = TrackedEvent.objects.expired_leases()
     too_late, looping = [], []
     # Each claim counts an attempt and each recorded outcome logs one: the difference is how
     # many claims ended with no outcome, this one included.
-    counts = expired.annotate(recorded=Count("delivery_attempts")).values_list(
-        "pk", "created_at", "attempts", "recorded"
-    )
-    for pk, created_at, attempts, recorded in counts:
-        if created_at + window <= now:
+    counts = expired.annotate(
+        recorded=Count("delivery_attempts"),
+        too_late=ExpressionWrapper(
+            Q(created_at__lte=DatabaseNow() - window), output_field=BooleanField()
+        ),
+    ).values_list("pk", "attempts", "recorded", "too_late")
+    for pk, attempts, recorded, past_window in counts:
+        if past_window:
             too_late.append(pk)
         elif attempts - recorded >= MAX_LEASE_EXPIRIES:
             looping.append(pk)
     _fail_expired(
         too_late,
-        now,
         f"Retry window of {hours} h exhausted while a worker held the event; its lease expired "
         "with no outcome recorded, so it is not sent again.",
     )
     _fail_expired(
         looping,
-        now,
         f"Lease expired {MAX_LEASE_EXPIRIES} times with no outcome recorded (a worker dies or "
         "hangs on these events, see its log): not sent again.",
     )
-    return TrackedEvent.objects.expired_leases(now).update(
+    return TrackedEvent.objects.expired_leases().update(
         status=Status.PENDING,
         claim_token="",
         lease_expires_at=None,
-        next_attempt_at=now,
+        next_attempt_at=DatabaseNow(),
         last_error="Lease expired before an outcome was recorded; sending again.",
-        updated_at=now,
+        updated_at=DatabaseNow(),
     )
 
 
-def _fail_expired(ids, now, reason):
+def _fail_expired(ids, reason):
     if not ids:
         return
     # Still expired: an outcome recorded meanwhile stands.
-    stale = TrackedEvent.objects.expired_leases(now).filter(pk__in=ids)
+    stale = TrackedEvent.objects.expired_leases().filter(pk__in=ids)
     failed = list(stale.values_list("pk", flat=True))
     stale.update(
         status=Status.FAILED,
         claim_token="",
         lease_expires_at=None,
         last_error=reason,
-        updated_at=now,
+        updated_at=DatabaseNow(),
     )
     if failed:
         logger.warning("TikTok sweeper: %d event(s) failed instead: %s", len(failed), reason)

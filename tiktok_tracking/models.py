@@ -5,6 +5,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from tiktok_tracking.sql import DatabaseNow
+
 
 class EventQuerySet(models.QuerySet):
     def failed(self):
@@ -18,17 +20,16 @@ class EventQuerySet(models.QuerySet):
 
 
 class TrackedEventQuerySet(EventQuerySet):
-    def due(self, now=None):
+    # Both compare against the database's clock (DatabaseNow), never this process's: the
+    # workers and sweepers of several hosts then agree on what is due and whose lease has run
+    # out, however far their own clocks drift (docs/deployment.md, "One clock").
+    def due(self):
         """Rows waiting to be sent whose next attempt time has come."""
-        return self.filter(
-            status=TrackedEvent.Status.PENDING, next_attempt_at__lte=now or timezone.now()
-        )
+        return self.filter(status=TrackedEvent.Status.PENDING, next_attempt_at__lte=DatabaseNow())
 
-    def expired_leases(self, now=None):
+    def expired_leases(self):
         """Rows claimed by a worker that died or hung before recording an outcome."""
-        return self.filter(
-            status=TrackedEvent.Status.SENDING, lease_expires_at__lt=now or timezone.now()
-        )
+        return self.filter(status=TrackedEvent.Status.SENDING, lease_expires_at__lt=DatabaseNow())
 
 
 class EventFields(models.Model):

@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 
 from tiktok_tracking.models import TrackedEvent
 from tiktok_tracking.publisher import enqueue_delivery
+from tiktok_tracking.sql import DatabaseNow
 
 Status = TrackedEvent.Status
 
@@ -110,7 +111,7 @@ def resend_events(
         if dry_run:
             report.requeued += len(sendable)
         elif sendable:
-            requeued = _requeue(sendable, test_event_code, now)
+            requeued = _requeue(sendable, test_event_code)
             report.requeued += requeued
             # A row a worker claimed between the read and the update is in the queue already.
             report.refused[ALREADY_QUEUED] += len(sendable) - requeued
@@ -125,20 +126,21 @@ def _refuse(report, event_id, reason, keep_refused):
         report.refused_rows.append((event_id, reason))
 
 
-def _requeue(ids, test_event_code, now):
-    """Put the rows ``ids`` back in the queue, due now; returns how many were."""
+def _requeue(ids, test_event_code):
+    """Put the rows ``ids`` back in the queue, due now by the database's clock, which the
+    workers claim by (whatever this process's clock says); returns how many were."""
     with transaction.atomic():
         count = (
             TrackedEvent.objects.filter(pk__in=ids)
             .exclude(status__in=IN_QUEUE)
             .update(
                 status=Status.PENDING,
-                next_attempt_at=now,
+                next_attempt_at=DatabaseNow(),
                 claim_token="",
                 lease_expires_at=None,
                 suppressed_reason="",
                 test_event_code=test_event_code,
-                updated_at=now,
+                updated_at=DatabaseNow(),
             )
         )
         if count:

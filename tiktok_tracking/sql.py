@@ -27,17 +27,71 @@ reads each visitor's latest consent, and the settling of a batch delivered or re
 answer, attempt log and rows' update go as one statement (data-modifying CTEs), atomic without
 a transaction of its own. For a worker 20 ms from the database that is 40 ms a batch, where
 the ORM's seven (the consent read, BEGIN, three statements, COMMIT) took 140 ms
-(``bench.distance``, ``tests/test_round_trips.py``).
+(``bench.distance``, ``tests/test_round_trips.py``). Both read every time they compare or
+write from the database's clock (``DATABASE_NOW``), none from the worker's.
 """
 
+from datetime import timezone as datetime_timezone
 from functools import lru_cache
 
+from django.conf import settings
 from django.db import connections, router
 from django.db.models import DateTimeField
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Now
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 # What identifies an event, in the outbox, the archive and the browser receipts.
 RECEIPT_KEY = ("pixel_id", "event", "event_id")
+# The database's clock, which the claim and the settling read for every time they compare or
+# write (docs/deployment.md, "One clock"): the time of the statement, as Django's Now() renders
+# it here. Not now(), the start of the transaction, which stands still through a long one; not
+# clock_timestamp(), which is volatile: read anew for each row, and never matched against the
+# due rows' index.
+DATABASE_NOW = "statement_timestamp()"
+# SQLite's clock, which Django 4.2's Now() reads to the second (CURRENT_TIMESTAMP) and later
+# releases to the millisecond: read to the millisecond on every release, and taken at the last
+# microsecond of that millisecond, since the rows' times are stored to the microsecond. A row
+# recorded in the millisecond a claim reads is then due to that claim, not left to the next.
+# 'localtime' where times are stored as local time (USE_TZ = False).
+SQLITE_NOW = "STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW'{modifier}) || '999'"
+
+
+class DatabaseNow(Now):
+    """The database's time when the statement runs, as precise as the rows' stored times on
+    every supported Django: what every due time, lease and sweep cutoff is compared with, and
+    written from (docs/deployment.md, "One clock")."""
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template=DATABASE_NOW, **extra_context)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # Each % doubled twice: as_sql formats the template, then the cursor its parameters.
+        template = _sqlite_now().replace("%", "%%%%")
+        return self.as_sql(compiler, connection, template=template, **extra_context)
+
+
+def _sqlite_now():
+    return SQLITE_NOW.format(modifier="" if settings.USE_TZ else ", 'localtime'")
+
+
+def database_now(alias=None):
+    """The database's time now, read once: the one cutoff a sweep compares many rows with, by
+    the same clock as the claims and leases."""
+    from tiktok_tracking.models import TrackedEvent
+
+    connection = connections[alias or router.db_for_write(TrackedEvent)]
+    clocks = {"postgresql": DATABASE_NOW, "sqlite": _sqlite_now()}
+    sql = f"SELECT {clocks.get(connection.vendor, 'CURRENT_TIMESTAMP')}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        value = cursor.fetchone()[0]
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if settings.USE_TZ and timezone.is_naive(value):
+        value = timezone.make_aware(value, datetime_timezone.utc)
+    return value
 
 
 def _column(quote, model, name):
@@ -124,11 +178,12 @@ def _claim_sql(alias, names):
     pending, sending = TrackedEvent.Status.PENDING.value, TrackedEvent.Status.SENDING.value
     return (
         f"UPDATE {table} SET {column('status')} = '{sending}', "  # noqa: S608
-        f"{column('claim_token')} = %s, {column('lease_expires_at')} = %s, "
-        f"{column('claimed_by')} = %s, {column('claimed_at')} = %s, "
-        f"{column('attempts')} = {column('attempts')} + 1, {column('updated_at')} = %s "
+        f"{column('claim_token')} = %s, "
+        f"{column('lease_expires_at')} = {DATABASE_NOW} + make_interval(secs => %s), "
+        f"{column('claimed_by')} = %s, {column('claimed_at')} = {DATABASE_NOW}, "
+        f"{column('attempts')} = {column('attempts')} + 1, {column('updated_at')} = {DATABASE_NOW} "
         f"WHERE {pk} IN (SELECT {pk} FROM {table} WHERE {column('status')} = '{pending}' "
-        f"AND {column('next_attempt_at')} <= %s "
+        f"AND {column('next_attempt_at')} <= {DATABASE_NOW} "
         f"ORDER BY {column('next_attempt_at')}, {pk} LIMIT %s FOR UPDATE SKIP LOCKED) "
         f"RETURNING {returned}"
     )
@@ -159,11 +214,12 @@ def on_postgresql(alias):
     return connections[alias].vendor == "postgresql"
 
 
-def claim_due(alias, names, *, limit, token, worker, now, lease_until):
-    """Claim up to ``limit`` due rows for ``token``, held by ``worker`` (``host:pid``): their
-    fields ``names`` (``payload_json``: the payload as its JSON text), whether the archive
-    holds their event and their visitor's latest consent (``''`` for none), oldest due first."""
-    params = [token, lease_until, worker, now, now, now, limit]
+def claim_due(alias, names, *, limit, token, worker, lease_seconds):
+    """Claim up to ``limit`` rows due by the database's clock for ``token``, held by ``worker``
+    (``host:pid``) for ``lease_seconds`` from now by that clock: their fields ``names``
+    (``payload_json``: the payload as its JSON text), whether the archive holds their event
+    and their visitor's latest consent (``''`` for none), oldest due first."""
+    params = [token, float(lease_seconds), worker, limit]
     with connections[alias].cursor() as cursor:
         cursor.execute(_claim_sql(alias, tuple(names)), params)
         rows = cursor.fetchall()
@@ -203,10 +259,12 @@ def _settle_sql(alias, answer_names, row_names):
         return _column(quote, model, name)
 
     answers = quote(DeliveryAnswer._meta.db_table)
-    answer_columns = ", ".join(column(DeliveryAnswer, name) for name in answer_names)
-    answer_values = ", ".join(["%s"] * len(answer_names))
+    answer_columns = ", ".join(column(DeliveryAnswer, name) for name, _ in answer_names)
+    answer_values = ", ".join(_placeholder(at_now) for _, at_now in answer_names)
     answer_pk = column(DeliveryAnswer, "pk")
-    updates = ", ".join(f"{column(TrackedEvent, name)} = %s" for name in row_names)
+    updates = ", ".join(
+        f"{column(TrackedEvent, name)} = {_placeholder(at_now)}" for name, at_now in row_names
+    )
     return (
         f"WITH answer AS (INSERT INTO {answers} ({answer_columns}) "  # noqa: S608
         f"VALUES ({answer_values}) RETURNING {answer_pk}), "
@@ -217,9 +275,20 @@ def _settle_sql(alias, answer_names, row_names):
     )
 
 
+def _placeholder(at_now):
+    return DATABASE_NOW if at_now else "%s"
+
+
+def _placed(fields):
+    """``((name, at_now), ...)``: each field of ``fields``, and whether its value is ``Now()``,
+    the database's clock, written into the statement rather than passed."""
+    return tuple((name, isinstance(value, Now)) for name, value in fields.items())
+
+
 def settle(alias, answer, pks, tokens, values):
     """In one statement: log ``answer`` (DeliveryAnswer fields) with an attempt for each of
-    ``pks``, and set ``values`` on those of the rows still held by one of ``tokens``."""
+    ``pks``, and set ``values`` on those of the rows still held by one of ``tokens``; a field
+    given as ``Now()`` takes the database's time of the statement."""
     from tiktok_tracking.models import DeliveryAnswer, TrackedEvent
 
     connection = connections[alias]
@@ -228,6 +297,7 @@ def settle(alias, answer, pks, tokens, values):
         return [
             model._meta.get_field(name).get_db_prep_save(value, connection)
             for name, value in fields.items()
+            if not isinstance(value, Now)
         ]
 
     params = [
@@ -238,4 +308,4 @@ def settle(alias, answer, pks, tokens, values):
         list(tokens),
     ]
     with connection.cursor() as cursor:
-        cursor.execute(_settle_sql(alias, tuple(answer), tuple(values)), params)
+        cursor.execute(_settle_sql(alias, _placed(answer), _placed(values)), params)
