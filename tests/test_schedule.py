@@ -22,6 +22,7 @@ EVERY_TASK = {
     "tiktok_tracking.refresh_rollups",
     "tiktok_tracking.archive_finished",
     "tiktok_tracking.assess_readiness",
+    "tiktok_tracking.record_missing_purchases",
 }
 
 

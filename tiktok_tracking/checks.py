@@ -406,7 +406,15 @@ def _check_numbers():
                 f"{DEDUP_WINDOW_HOURS} (TikTok's dedup window), not {hours!r}.",
             )
         )
-    for key in ("TIMEOUT", "RETRY_BASE_DELAY", "RETRY_MAX_DELAY", "LEASE_SECONDS"):
+    for key in (
+        "TIMEOUT",
+        "RETRY_BASE_DELAY",
+        "RETRY_MAX_DELAY",
+        "LEASE_SECONDS",
+        "HEAL_INTERVAL",
+        "HEAL_WINDOW_HOURS",
+        "HEAL_GRACE_SECONDS",
+    ):
         value = conf.get(key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(

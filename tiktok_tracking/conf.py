@@ -88,6 +88,12 @@ DEFAULTS = {
     # (since, until) -> iterable of orders, each read through ORDER_ADAPTER. Only the shop knows
     # which orders were paid; without it the command reports recorded purchases only.
     "PAID_ORDERS": None,
+    # The scan of recently paid orders (PAID_ORDERS) that records any purchase the outbox never
+    # got, every HEAL_INTERVAL seconds: orders paid in the last HEAL_WINDOW_HOURS, but not in
+    # the last HEAL_GRACE_SECONDS, whose events may still be on their way into the outbox.
+    "HEAL_INTERVAL": 300,
+    "HEAL_WINDOW_HOURS": 6,
+    "HEAL_GRACE_SECONDS": 600,
     # What talks to the Events API: a dotted path to a class like client.EventsApiClient. A
     # shop's tests set "tiktok_tracking.testing.RecordingClient" to record instead of send.
     "EVENTS_API_CLIENT": "tiktok_tracking.client.EventsApiClient",

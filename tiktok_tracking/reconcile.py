@@ -148,15 +148,27 @@ def _country(adapter):
         return ""
 
 
+def recorded_order_ids(order_ids, names, *, pixel=None, placeholders=True):
+    """Which of ``order_ids`` have a row of one of the events ``names`` (outbox or archive).
+
+    ``placeholders=False`` leaves out the failed rows kept without a payload, whose order could
+    not be read when it was paid: recording it again replaces them.
+    """
+    recorded = set()
+    for model in EVENT_TABLES:
+        rows = model.objects.filter(event__in=names, order_id__in=list(order_ids))
+        if pixel is not None:
+            rows = rows.filter(pixel_id=pixel.pixel_id)
+        if not placeholders:
+            rows = rows.exclude(status=Status.FAILED, payload={})
+        recorded.update(rows.order_by().values_list("order_id", flat=True).distinct())
+    return recorded
+
+
 def _find_missing(waiting, names, paid, keep_missing, pixel=None):
     if not waiting:
         return
-    recorded = set()
-    for model in EVENT_TABLES:
-        rows = model.objects.filter(event__in=names, order_id__in=list(waiting))
-        if pixel is not None:
-            rows = rows.filter(pixel_id=pixel.pixel_id)
-        recorded.update(rows.order_by().values_list("order_id", flat=True).distinct())
+    recorded = recorded_order_ids(waiting, names, pixel=pixel)
     for order_id, country in waiting.items():
         if order_id in recorded:
             continue

@@ -2,7 +2,6 @@
 
 import logging
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -28,7 +27,8 @@ from tiktok_tracking.hashing import sha256_hex
 from tiktok_tracking.models import TrackedEvent
 from tiktok_tracking.pixels import current_site_id, pixels_for_site, require_pixels, site_scoped
 from tiktok_tracking.publisher import enqueue_delivery
-from tiktok_tracking.sql import receipt_time
+from tiktok_tracking.rerecording import passing_database_error, rerecorder
+from tiktok_tracking.sql import DatabaseNow, receipt_time
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +55,22 @@ def capture_context(request, order):
     raises into the checkout: what cannot be captured is logged, and the order's purchase is
     still recorded when it is paid. Returns the captured context, or None.
     """
-    # Outside the shop's transaction, the context and the funnel events commit together:
-    # one commit (a disk flush) on the checkout page rather than one per statement.
-    own_transaction = transaction.get_autocommit()
-    with transaction.atomic() if own_transaction else nullcontext():
-        try:
+    # Outside the shop's transaction, the context and the funnel events commit together: one
+    # commit (a disk flush) on the checkout page rather than one per statement. Inside it, a
+    # savepoint: a statement that fails (a lock timeout on PostgreSQL) must not abort the
+    # shop's transaction.
+    try:
+        with transaction.atomic():
             adapter = adapter_for(order)
             context = context_from_request(request)
             snapshot = snapshot_from_request(request, country=_order_country(adapter))
             save_context(clean_order_id(adapter.order_id()), context, snapshot)
-        except Exception:
-            logger.exception("Could not capture the checkout context of an order")
-            if own_transaction:
-                # A failed statement leaves nothing to commit (and PostgreSQL nothing it
-                # could commit): rolled back quietly, the checkout goes on.
-                transaction.set_rollback(True)
-            return None
-        for event in conf.get("SERVER_FUNNEL_EVENTS"):
-            record_order_event(event, order, context=context, snapshot=snapshot)
+            # Each in a savepoint of its own, and never raising.
+            for event in conf.get("SERVER_FUNNEL_EVENTS"):
+                record_order_event(event, order, context=context, snapshot=snapshot)
+    except Exception:
+        logger.exception("Could not capture the checkout context of an order")
+        return None
     return context
 
 
@@ -86,36 +84,100 @@ def record_order_event(event_name, order, *, request=None, context=None, snapsho
     """
     if not conf.get("ENABLED"):
         return []
+    now = kw.pop("now", None) or timezone.now()
     try:
-        return _record(event_name, order, request=request, context=context, snapshot=snapshot, **kw)
-    except Exception:
+        return _record(
+            event_name, order, request=request, context=context, snapshot=snapshot, now=now, **kw
+        )
+    except Exception as exc:
+        if passing_database_error(exc):
+            # The payment must commit without its event rather than fail: the event is
+            # recorded again once it has, in a transaction of its own.
+            logger.warning(
+                "Could not record the TikTok %s event of an order (%s): recording it again "
+                "once the payment commits",
+                event_name,
+                type(exc).__name__,
+            )
+            transaction.on_commit(
+                partial(
+                    _record_again, event_name, order, request, context, snapshot, now=now, **kw
+                ),
+                robust=True,
+            )
+            return []
         # The payment has succeeded; losing the checkout over tracking would be worse than
         # losing the event. The error is logged loudly and the reconcile command finds the gap.
         logger.exception("Could not record the TikTok %s event of an order", event_name)
         return []
 
 
-def resolve_context(order_id, request, context=None, snapshot=None):
+def _record_again(event_name, order, request, context, snapshot, **kw):
+    """After the payment committed: hand the event to the background re-recorder.
+
+    The request is read now, while it is still the one being answered; the background thread
+    gets what it said, not the request.
+    """
+    fresh = None
+    if request is not None and context is None:
+        fresh = (context_from_request(request), None)
+        try:
+            fresh = (fresh[0], snapshot_from_request(request))
+        except Exception:
+            # Its consent could not be read (the database again): the stored one is used.
+            logger.warning("Could not read the consent of a paying visitor", exc_info=True)
+    rerecorder.submit(
+        partial(
+            _record,
+            event_name,
+            order,
+            request=None,
+            context=context,
+            snapshot=snapshot,
+            fresh=fresh,
+            **kw,
+        ),
+        f"the TikTok {event_name} event of an order",
+    )
+
+
+def resolve_context(order_id, request, context=None, snapshot=None, fresh=None):
     """The context an event of ``order_id`` is built with (reads only; pure but for the read).
 
     A webhook or cron has no browser request: it sends what the checkout captured. A request
     fills the gaps of the stored context (the click id often lives only in the checkout's URL).
+    ``fresh`` is ``(context, snapshot or None)`` read from a request earlier, when the event is
+    recorded again after its payment.
     """
     if context is not None:
         return Resolved(context, snapshot or ConsentSnapshot())
     stored, stored_snapshot = stored_context(order_id)
-    if request is None:
+    if request is not None:
+        fresh = (
+            context_from_request(request),
+            snapshot_from_request(request, country=stored_snapshot and stored_snapshot.country),
+        )
+    if fresh is None:
         return Resolved(stored, stored_snapshot or ConsentSnapshot())
-    fresh_snapshot = snapshot_from_request(
-        request, country=stored_snapshot and stored_snapshot.country
-    )
+    fresh_context, fresh_snapshot = fresh
     return Resolved(
-        merge_contexts(context_from_request(request), stored), fresh_snapshot, keep=stored is None
+        merge_contexts(fresh_context, stored),
+        fresh_snapshot or stored_snapshot or ConsentSnapshot(),
+        keep=stored is None,
     )
 
 
 def _record(
-    event_name, order, *, request, context, snapshot, event_id_suffix=None, charge=None, now=None
+    event_name,
+    order,
+    *,
+    request,
+    context,
+    snapshot,
+    fresh=None,
+    event_id_suffix=None,
+    charge=None,
+    now=None,
 ):
     now = now or timezone.now()
     adapter = adapter_for(order)
@@ -131,7 +193,7 @@ def _record(
         return _record_unidentified(event_name, order, pixel_ids, reason, now)
 
     def build_fields():
-        resolved = resolve_context(order_id, request, context, snapshot)
+        resolved = resolve_context(order_id, request, context, snapshot, fresh)
         if resolved.keep:
             save_context(order_id, resolved.context, resolved.snapshot, exists=False)
         return event_fields(
@@ -148,9 +210,11 @@ def _record(
     try:
         recorded = _insert_once(pixel_ids, event_name, event_id, build_fields)
     except Exception as exc:
+        if passing_database_error(exc):
+            raise  # the database, not the order: recorded again in full after the payment
         # Whatever the order holds, a paid order leaves a row: a failed one that names the
-        # reason, so the admin and the reconcile command show it and it can be resent once
-        # the data is fixed.
+        # reason, so the admin and the reconcile command show it, and recording the order
+        # again (the signal sent again, the scan of paid orders) replaces it.
         logger.exception("Could not record the TikTok %s event of an order in full", event_name)
         reason = f"Could not record the event: {type(exc).__name__}: {exc}"
         recorded = _insert_once(
@@ -197,11 +261,53 @@ def _insert_once(pixel_ids, event_name, event_id, build_fields):
         with transaction.atomic():
             return [(row, True) for row in _insert_rows(pixel_ids, build_fields())]
     except IntegrityError:
-        # Already recorded (a second signal for the same payment): the first rows stand.
-        existing = _recorded(pixel_ids, event_name, event_id)
-        if not existing:
-            raise  # not a row recorded before: a real error, for the caller to log
-        return _with_the_rest(existing, pixel_ids, event_name, event_id, build_fields)
+        # Already recorded (a second signal for the same payment): the first rows stand, but
+        # for placeholders of an order that could not be read, rebuilt now. In a savepoint of
+        # its own, like the INSERT: a failed statement must not abort the shop's transaction.
+        with transaction.atomic():
+            existing = _recorded(pixel_ids, event_name, event_id)
+            if not existing:
+                raise  # not a row recorded before: a real error, for the caller to log
+            rebuilt = _replace_placeholders(existing, build_fields)
+            return [
+                (row, created or row.pixel_id in rebuilt)
+                for row, created in _with_the_rest(
+                    existing, pixel_ids, event_name, event_id, build_fields
+                )
+            ]
+
+
+def is_placeholder(row):
+    """Whether ``row`` is a failed row kept without a payload (its order could not be read)."""
+    return row.status == TrackedEvent.Status.FAILED and not row.payload
+
+
+def _replace_placeholders(existing, build_fields):
+    """Rebuild the placeholder rows among ``existing`` (``{pixel_id: row}``) in place, once the
+    order can be read: the event is then recorded in full, as if the first signal had been.
+    Returns the pixel ids of the rows rebuilt."""
+    placeholders = [row for row in existing.values() if is_placeholder(row)]
+    if not placeholders:
+        return set()
+    fields = build_fields()
+    if not fields.get("payload"):
+        return set()  # still unreadable: the row keeps the reason it has
+    fields = fit_fields(TrackedEvent, fields)
+    reset = {
+        "status": TrackedEvent.Status.PENDING,
+        "attempts": 0,
+        "last_error": "",
+        "suppressed_reason": "",
+        **fields,
+        "next_attempt_at": DatabaseNow(),
+    }
+    for row in placeholders:
+        for name, value in reset.items():
+            setattr(row, name, value)
+        row.save(update_fields=[*reset, "updated_at"])
+        del row.next_attempt_at
+    logger.info("Recorded in full %d event row(s) kept without a payload", len(placeholders))
+    return {row.pixel_id for row in placeholders}
 
 
 def _recorded(pixel_ids, event_name, event_id):
@@ -231,7 +337,12 @@ def _insert_rows(pixel_ids, fields):
     rows = [
         # Every text cut to its column: on PostgreSQL a value too long would fail the INSERT.
         TrackedEvent(
-            **fit_fields(TrackedEvent, {**fields, "pixel_id": pixel_id}),
+            **{
+                **fit_fields(TrackedEvent, {**fields, "pixel_id": pixel_id}),
+                # Due at once by the database's clock, which the claims compare with: a web
+                # host whose clock runs ahead must not hold its events back.
+                "next_attempt_at": DatabaseNow(),
+            },
             # The thank-you page's receipt may have come first (a webhook often arrives
             # later): read by the INSERT itself, which spares the checkout a round trip.
             browser_seen_at=receipt_time(pixel_id, fields["event"], fields["event_id"]),
@@ -240,9 +351,9 @@ def _insert_rows(pixel_ids, fields):
     ]
     TrackedEvent.objects.bulk_create(rows)
     for row in rows:
-        # The instance holds the subquery, not its answer: leave the field deferred, so that
-        # reading it (rare) loads the stored value.
-        del row.browser_seen_at
+        # The instance holds the expressions, not their answers: leave the fields deferred,
+        # so that reading one (rare) loads the stored value.
+        del row.browser_seen_at, row.next_attempt_at
     return rows
 
 

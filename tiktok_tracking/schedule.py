@@ -9,6 +9,7 @@ PURGE_TASK_NAME = "TikTok tracking: purge raw ip and user agent"
 ROLLUP_TASK_NAME = "TikTok tracking: roll up the dashboard's closed days"
 ARCHIVE_TASK_NAME = "TikTok tracking: archive finished events"
 READINESS_TASK_NAME = "TikTok tracking: judge rule readiness"
+HEAL_TASK_NAME = "TikTok tracking: record paid orders the outbox never got"
 
 
 def periodic_tasks(tracking=None):
@@ -27,6 +28,10 @@ def periodic_tasks(tracking=None):
         PURGE_TASK_NAME: (3600, "tiktok_tracking.purge_personal_data"),
         ROLLUP_TASK_NAME: (900, "tiktok_tracking.refresh_rollups"),
         ARCHIVE_TASK_NAME: (3600, "tiktok_tracking.archive_finished"),
+        HEAL_TASK_NAME: (
+            int(tracking.get("HEAL_INTERVAL", conf.DEFAULTS["HEAL_INTERVAL"])),
+            "tiktok_tracking.record_missing_purchases",
+        ),
         READINESS_TASK_NAME: (
             int(readiness["ASSESS_INTERVAL"]),
             "tiktok_tracking.assess_readiness",

@@ -70,6 +70,16 @@ def refresh_rollups():
         logger.info("TikTok rollups: %d day(s) rebuilt", len(rebuilt))
 
 
+@shared_task(name="tiktok_tracking.record_missing_purchases", acks_late=True, ignore_result=True)
+def record_missing_purchases():
+    """Record the purchase of every recently paid order (PAID_ORDERS) the outbox never got."""
+    from tiktok_tracking import healing
+
+    report = healing.record_missing_purchases()
+    if report is not None and report.recorded:
+        logger.info("TikTok scan of paid orders: %d purchase(s) recorded", report.recorded)
+
+
 @shared_task(name="tiktok_tracking.archive_finished", acks_late=True, ignore_result=True)
 def archive_finished():
     """Move finished rows older than OUTBOX_RETENTION_HOURS from the outbox to the archive."""
