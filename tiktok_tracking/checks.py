@@ -470,6 +470,12 @@ def _check_readiness():
                 "READINESS['ALERT_WEBHOOK_URL'] is set without ALERT_WEBHOOK_SECRET: the "
                 "webhook's alerts are signed with it, so that the receiver can trust them"
             )
+        queue = values["ALERT_QUEUE"]
+        if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+            raise ValueError(
+                f"READINESS['ALERT_QUEUE'] must be a Celery queue's name, or None for Celery's "
+                f"default queue, not {queue!r}"
+            )
         if values["WINDOW_DAYS"] not in WINDOWS:
             raise ValueError(
                 f"READINESS['WINDOW_DAYS'] must be one of {', '.join(map(str, WINDOWS))}, not "

@@ -119,6 +119,9 @@ def readiness_defaults():
         "ALERT_MAIL": True,
         "ALERT_WEBHOOK_URL": None,
         "ALERT_WEBHOOK_SECRET": None,
+        # The Celery queue of the task that posts the alerts (tiktok_tracking.deliver_alerts);
+        # None is Celery's default queue, which a worker started without -Q consumes.
+        "ALERT_QUEUE": None,
         **thresholds,
     }
 

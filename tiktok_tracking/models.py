@@ -375,6 +375,8 @@ class ReadinessAlert(models.Model):
         PENDING = "pending", _("Pending")
         SENT = "sent", _("Sent")
         FAILED = "failed", _("Failed")
+        # No ALERT_WEBHOOK_URL when the alert was raised: nothing was posted, nothing will be.
+        NOT_CONFIGURED = "not_configured", _("Not configured")
 
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
     kind = models.CharField(
@@ -385,7 +387,7 @@ class ReadinessAlert(models.Model):
     old = models.CharField(_("verdict before"), max_length=32, blank=True)
     new = models.CharField(_("verdict now"), max_length=32, blank=True)
     reasons = models.JSONField(_("reasons"), default=list)
-    # The webhook's delivery: none configured leaves the alert "sent" with no attempt.
+    # The webhook's delivery: none configured leaves the alert "not configured", no attempt.
     status = models.CharField(
         _("webhook"), max_length=16, choices=Status.choices, default=Status.PENDING
     )

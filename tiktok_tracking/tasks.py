@@ -91,11 +91,41 @@ def archive_finished():
 @shared_task(name="tiktok_tracking.assess_readiness", acks_late=True, ignore_result=True)
 def assess_readiness():
     """Judge every market's readiness, store the report the feed serves, send the alerts."""
-    from tiktok_tracking.readiness import alerts, store
+    from tiktok_tracking.readiness import store
 
     stored = store.assess()
-    # New alerts, and the ones whose webhook delivery is due for another try.
-    alerts.deliver_alerts()
+    # New alerts, and the ones whose webhook delivery is due for another try: posted by a task
+    # of their own, on ALERT_QUEUE, so that however slowly the webhook answers, neither this
+    # task nor the deliveries queued behind it wait for it.
+    publish_alert_run()
     if stored is not None:
         markets = len(stored.document.get("markets", ()))
         logger.info("TikTok readiness: %d market(s) judged", markets)
+
+
+def publish_alert_run():
+    """Publish a run of ``deliver_alerts`` if an alert waits for the webhook. Best effort: the
+    next readiness run publishes again."""
+    from tiktok_tracking.readiness import alerts
+
+    if not alerts.webhook_due():
+        return
+    try:
+        # retry=False: a broker that is down costs one failed connect, not Celery's retries.
+        deliver_readiness_alerts.apply_async(retry=False, **alerts.run_options())
+    except Exception:
+        logger.warning("Could not publish the TikTok readiness alerts' run", exc_info=True)
+
+
+@shared_task(name="tiktok_tracking.deliver_alerts", acks_late=True, ignore_result=True)
+def deliver_readiness_alerts():
+    """POST the readiness alerts due to the webhook, oldest first (READINESS's ALERT_QUEUE)."""
+    from tiktok_tracking.readiness import alerts
+
+    sent = alerts.deliver_alerts()
+    if sent:
+        logger.info("TikTok readiness: %d alert(s) posted to the webhook", sent)
+    # The run stopped at RUN_SECONDS with alerts left, new ones came meanwhile, or a failed
+    # POST was its alert's last: go on in a run of its own, behind whatever the queue holds
+    # now. An alert whose POST failed waits for its retry, and holds the ones behind it.
+    publish_alert_run()
