@@ -29,7 +29,7 @@ from tiktok_tracking.models import (
 )
 from tiktok_tracking.pixels import configured_pixels
 from tiktok_tracking.readiness.quality import mask_score
-from tiktok_tracking.refunds import net_value, plain_amount
+from tiktok_tracking.refunds import is_counted, net_value, paid_since_refunded, plain_amount
 from tiktok_tracking.replica import reports_read
 from tiktok_tracking.resend import REFUSAL_REASONS, resend_events
 
@@ -770,11 +770,12 @@ def refunds_table(refunds):
     refunds = list(refunds)
     if not refunds:
         return ""
+    paid_since = paid_since_refunded(r.order_id for r in refunds if not r.order_paid)
     refunded = sum(refund.amount for refund in refunds)
     order_value = refunds[-1].order_value
     lines = format_html_join(
         "",
-        "<li>{} {} {} ({}), {}</li>",
+        "<li>{} {} {} ({}), {}{}</li>",
         (
             (
                 to_the_second(refund.refunded_at),
@@ -782,6 +783,7 @@ def refunds_table(refunds):
                 refund.currency,
                 _("the whole order") if refund.full else _("partial"),
                 refund.refund_key,
+                refund_notes(refund, is_counted(refund, paid_since)),
             )
             for refund in refunds
         ),
@@ -798,6 +800,19 @@ def refunds_table(refunds):
         },
         lines,
     )
+
+
+def refund_notes(refund, counted):
+    """What a refund line adds when it took less than it asked, or is left out of the figures."""
+    notes = []
+    if refund.requested is not None and refund.amount < refund.requested:
+        notes.append(
+            _("asked %(requested)s, only %(amount)s was left of the order")
+            % {"requested": plain_amount(refund.requested), "amount": plain_amount(refund.amount)}
+        )
+    if not counted:
+        notes.append(_("not counted: no purchase was recorded for this order"))
+    return "".join(f"; {note}" for note in notes)
 
 
 @admin.register(FeedToken)

@@ -286,15 +286,33 @@ class Refund(models.Model):
     # What makes one refund of an order distinct: the shop's refund id, else "full" or the
     # partial amount, so a webhook delivered twice records its refund once.
     refund_key = models.CharField(_("refund key"), max_length=64)
-    amount = models.DecimalField(_("amount"), max_digits=24, decimal_places=6)
+    # What the shop's signal asked for (the order's value for a whole refund), and what it took:
+    # never more than the order's earlier refunds left of it, so an order's refunds add up to
+    # its value at most. Null on rows recorded before it was kept.
+    requested = models.DecimalField(
+        _("amount asked"), max_digits=24, decimal_places=6, null=True, blank=True
+    )
+    amount = models.DecimalField(
+        _("amount"),
+        max_digits=24,
+        decimal_places=6,
+        help_text=_("What the refund takes back: what was asked, within what was left."),
+    )
     currency = models.CharField(_("currency"), max_length=3)
     full = models.BooleanField(_("the whole order"), default=False)
     order_value = models.DecimalField(
         _("order value"),
         max_digits=24,
         decimal_places=6,
-        help_text=_("The order's value when the refund was recorded."),
+        help_text=_("The order's value when its first refund was recorded."),
     )
+    # Whether the order's purchase was recorded (outbox or archive) when the refund was: only
+    # refunds of orders the shop was paid for, and TikTok told of, take anything back from the
+    # figures (refunds.counted_refunds).
+    order_paid = models.BooleanField(_("order known as paid"), default=False)
+    # The refund's place among its order's refunds, 1, 2, ...: unique, so two refunds of one
+    # order recorded at once cannot both take what the same earlier ones left.
+    sequence = models.PositiveIntegerField(_("refund number"), null=True, blank=True)
     country = models.CharField(_("country"), max_length=2, blank=True)
     refunded_at = models.DateTimeField(_("refunded at"), default=timezone.now, db_index=True)
 
@@ -305,7 +323,10 @@ class Refund(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["order_id", "refund_key"], name="tiktok_refund_once_per_key"
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["order_id", "sequence"], name="tiktok_refund_one_per_number"
+            ),
         ]
 
     def __str__(self):

@@ -33,6 +33,7 @@ from tiktok_tracking.readiness import quality
 from tiktok_tracking.readiness.markets import market_index, market_of
 from tiktok_tracking.readiness.verdict import WINDOWS, MarketFigures
 from tiktok_tracking.reconcile import paid_orders_source, scan_paid_orders
+from tiktok_tracking.refunds import counted_refunds
 from tiktok_tracking.rollups import KEY_FIELDS, day_bounds, grouped_everywhere
 from tiktok_tracking.standards import DEDUP_WINDOW_HOURS
 
@@ -222,11 +223,13 @@ def in_window(counts, market, days, today):
 
 def refunded_orders(first_day):
     """``{(country, day): refunds as orders}`` since ``first_day``: each refund's share of its
-    order's value."""
+    order's value, of the orders known as paid only. An order's refunds take back its value at
+    most (refunds.refund_facts), so one order counts as one refunded order at most."""
     # As floats: SQLite divides two whole amounts as integers (25 / 50 = 0).
     share = Cast("amount", FloatField()) / Cast("order_value", FloatField())
+    in_window = Refund.objects.filter(refunded_at__gte=day_bounds(first_day)[0], order_value__gt=0)
     rows = (
-        Refund.objects.filter(refunded_at__gte=day_bounds(first_day)[0], order_value__gt=0)
+        counted_refunds(in_window)
         .annotate(day=TruncDate("refunded_at"))
         .values("country", "day")
         .annotate(orders=Sum(share))
