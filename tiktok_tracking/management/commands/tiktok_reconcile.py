@@ -1,6 +1,5 @@
 """``manage.py tiktok_reconcile``: paid orders against recorded and delivered purchases."""
 
-import csv
 import io
 import json
 from datetime import timedelta
@@ -20,6 +19,7 @@ from tiktok_tracking.reconcile import (
     scan_paid_orders,
 )
 from tiktok_tracking.replica import PRIMARY, reports_read
+from tiktok_tracking.spreadsheet import SpreadsheetSafeWriter
 
 FORMATS = ("table", "csv", "json")
 UNKNOWN_COUNTRY = "unknown"
@@ -62,9 +62,13 @@ def format_table(lines, total):
 
 
 def format_csv(lines, total, missing=None):
-    """The lines and the totals as CSV; ``missing`` orders follow after a blank line (pure)."""
+    """The lines and the totals as CSV; ``missing`` orders follow after a blank line (pure).
+
+    An order id or a country that a spreadsheet would evaluate (``=HYPERLINK(...)``) is
+    written as text; the JSON report keeps every value as it is.
+    """
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SpreadsheetSafeWriter(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for line in [*lines, total]:
         writer.writerow(_cells(line, missing=""))
