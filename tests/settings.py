@@ -8,6 +8,8 @@ from pathlib import Path
 import django
 import environ
 
+from tiktok_tracking.partitions import POSTGRES_OPTIONS
+
 env = environ.Env()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -75,6 +77,14 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{RUN_DIR / 'd
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / "test-db.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+# On PostgreSQL, the connection parameters docs/deployment.md recommends ("Network partitions",
+# system check W010), so that a process whose link is cut notices within the lease;
+# TIKTOK_TEST_KERNEL_TCP_DEFAULTS=1 leaves them out (tests/faults/test_partition.py measures both).
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and not env.bool(
+    "TIKTOK_TEST_KERNEL_TCP_DEFAULTS", default=False
+):
+    for key, value in POSTGRES_OPTIONS.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(key, value)
 # Behind a pooler in transaction mode (PgBouncer), each transaction may get another server
 # connection: no server-side cursor may outlive one (Django's docs, "Transaction pooling and
 # server-side cursors").
@@ -113,6 +123,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     if CELERY_BROKER_URL.startswith("filesystem")
     else {"socket_timeout": 5, "socket_connect_timeout": 2}
 )
+# The broker's transport options of a fault scenario's worker, as JSON, in place of the above
+# (tests/faults/test_partition.py measures kombu's defaults against docs/deployment.md's).
+if env.str("TIKTOK_TEST_BROKER_OPTIONS", default=""):
+    CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(env.str("TIKTOK_TEST_BROKER_OPTIONS"))
 # RabbitMQ's quorum queues (docs/deployment.md), for CI's RabbitMQ pass: a queue of their own,
 # as RabbitMQ refuses to declare the classic queue "celery" again as another type.
 if env.str("TIKTOK_TEST_QUEUE_TYPE", default="classic") == "quorum":

@@ -1,5 +1,7 @@
 """The settings door and the system checks."""
 
+from contextlib import contextmanager
+
 import pytest
 from django.conf import settings
 from django.core.management import call_command
@@ -263,6 +265,85 @@ def test_kombus_own_filesystem_transport_is_a_warning(url, transport, expected, 
         assert "'tiktok_tracking.broker:FilesystemTransport'" in warning.hint
 
 
+@contextmanager
+def current_celery_app(app):
+    """Make ``app`` Celery's current app for a block, as a project's own app is: the app the
+    shared tasks resolve to, and so the one their wake-up is published through."""
+    import celery._state
+
+    previous = celery._state.get_current_app()
+    app.set_current()
+    try:
+        yield app
+    finally:
+        previous.set_current()
+
+
+@contextmanager
+def eager(app, value=True):
+    saved = app.conf.task_always_eager
+    app.conf.task_always_eager = value
+    try:
+        yield app
+    finally:
+        app.conf.task_always_eager = saved
+
+
+def test_eager_celery_tasks_are_a_warning_that_the_payment_waits_for_tiktok():
+    """With the app's tasks eager, the wake-up after a payment commits runs the delivery, and
+    its request to TikTok, inside the payment request: W009 says so, whichever way the
+    project made its Celery app eager."""
+    from celery import Celery
+    from django.core.checks import run_checks
+
+    from tests.celery_app import app as project_app
+    from tiktok_tracking.tasks import deliver_events
+
+    # A shop's app configured from Django settings, as the README shows.
+    defaults = {key: conf.DEFAULTS[key] for key in ("DRAIN_SECONDS", "TIMEOUT")}
+    with override_settings(CELERY_TASK_ALWAYS_EAGER=True), tracking(**defaults):
+        shop_app = Celery("shop", set_as_current=False)
+        shop_app.config_from_object("django.conf:settings", namespace="CELERY")
+        with current_celery_app(shop_app):
+            assert deliver_events.app is shop_app
+            [warning] = checks.check_eager_tasks()
+            assert "tiktok_tracking.W009" in ids(run_checks())
+    assert deliver_events.app is project_app
+    assert warning.id == "tiktok_tracking.W009"
+    assert isinstance(warning, checks.checks.Warning)
+    assert "40 s" in warning.msg  # DRAIN_SECONDS + TIMEOUT, the defaults
+    assert "CELERY_TASK_ALWAYS_EAGER = False" in warning.hint
+
+    # The project's own app, switched on its conf.
+    with eager(project_app), tracking(DRAIN_SECONDS=5, TIMEOUT=2.5):
+        [warning] = checks.check_eager_tasks()
+    assert "7.5 s" in warning.msg
+
+
+def test_only_the_celery_app_the_tasks_are_bound_to_decides_the_eager_warning():
+    """An eager app the tasks are not published through (another project's, a script's) makes
+    no payment wait: no W009. The worker-run app of the test project is not eager: no W009."""
+    from celery import Celery
+    from django.core.checks import run_checks
+
+    from tests.celery_app import app as project_app
+    from tiktok_tracking.tasks import deliver_events
+
+    assert deliver_events.app is project_app
+    assert not project_app.conf.task_always_eager
+    assert checks.check_eager_tasks() == []
+    assert "tiktok_tracking.W009" not in ids(run_checks())
+
+    with eager(Celery("script", set_as_current=False)):
+        assert checks.check_eager_tasks() == []
+    # The same app made the tasks' app: now it is the one that decides.
+    with eager(Celery("script", set_as_current=False)) as script_app:
+        with current_celery_app(script_app):
+            assert ids(checks.check_eager_tasks()) == ["tiktok_tracking.W009"]
+        with current_celery_app(script_app), eager(script_app, False):
+            assert checks.check_eager_tasks() == []
+
+
 REPLICA = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 ROUTER = "tiktok_tracking.replica.ReplicaRouter"
 
@@ -292,3 +373,42 @@ def test_the_replica_settings_are_checked(replica, routers, wait, problem, monke
     else:
         [error] = found
         assert problem in error.msg
+
+
+def test_a_postgresql_outbox_without_keepalives_or_a_tcp_user_timeout_is_a_warning():
+    """Without them a worker cut from PostgreSQL mid-statement waits on the kernel's defaults,
+    minutes beyond the lease of its rows: W010 names what is missing and what to set."""
+    with tracking(LEASE_SECONDS=120):
+        [warning] = checks.database_partition_warnings("default", "postgresql", {})
+    assert warning.id == "tiktok_tracking.W010"
+    assert isinstance(warning, checks.checks.Warning)
+    assert "lacks keepalives_idle, tcp_user_timeout" in warning.msg
+    assert "120 s lease (LEASE_SECONDS)" in warning.msg
+    assert '"tcp_user_timeout": 20000' in warning.hint
+    # Keepalives named but switched off, and only one of the two.
+    [warning] = checks.database_partition_warnings(
+        "default", "postgresql", {"keepalives": 0, "keepalives_idle": 10}
+    )
+    assert "lacks keepalives (set to 0), tcp_user_timeout" in warning.msg
+
+
+def test_a_postgresql_outbox_with_the_partition_options_has_no_warning(monkeypatch):
+    from django.core.checks import run_checks
+    from django.db import connections
+
+    assert (
+        checks.database_partition_warnings("default", "postgresql", checks.PARTITION_OPTIONS) == []
+    )
+    # Set in a service file the check cannot read; and SQLite, which has no link to lose.
+    assert checks.database_partition_warnings("default", "postgresql", {"service": "shop"}) == []
+    assert checks.database_partition_warnings("default", "sqlite", {}) == []
+
+    # The check reads the outbox's database as configured (the test settings set the options
+    # on PostgreSQL): silent as it is, W010 once they are taken out.
+    database = connections["default"]
+    assert "tiktok_tracking.W010" not in ids(run_checks())
+    monkeypatch.setattr(database, "vendor", "postgresql")
+    monkeypatch.setitem(database.settings_dict, "OPTIONS", {"sslmode": "prefer"})
+    assert ids(checks.check_database_partitions()) == ["tiktok_tracking.W010"]
+    monkeypatch.setitem(database.settings_dict, "OPTIONS", dict(checks.PARTITION_OPTIONS))
+    assert checks.check_database_partitions() == []

@@ -13,6 +13,7 @@ from django.utils.module_loading import import_string
 from tiktok_tracking import conf
 from tiktok_tracking.events import is_valid_event_name
 from tiktok_tracking.exceptions import InvalidOrderData, TikTokTrackingImproperlyConfigured
+from tiktok_tracking.partitions import POSTGRES_OPTIONS
 from tiktok_tracking.pixels import parse_pixels, site_scoped
 from tiktok_tracking.standards import DEDUP_WINDOW_HOURS, MAX_BATCH_SIZE, PURCHASE_EVENT_NAMES
 
@@ -42,6 +43,8 @@ def register():
     checks.register(check_consent_settings, checks.Tags.compatibility)
     checks.register(check_broker, checks.Tags.compatibility)
     checks.register(check_templates, checks.Tags.compatibility)
+    checks.register(check_eager_tasks, checks.Tags.compatibility)
+    checks.register(check_database_partitions, checks.Tags.compatibility)
 
 
 def _error(id_, msg, hint=None, warning=False):
@@ -645,6 +648,81 @@ def _check_filesystem_broker(app):
             "file before it is written and stop with JSONDecodeError.",
             hint=f"Set CELERY_BROKER_TRANSPORT = {TRANSPORT_PATH!r} beside "
             "CELERY_BROKER_URL = 'filesystem://'.",
+            warning=True,
+        )
+    ]
+
+
+def check_eager_tasks(app_configs=None, **kwargs):
+    """W009: Celery runs the app's tasks eagerly, so the wake-up published after a payment
+    commits runs the whole delivery, TikTok's answer included, inside the payment request."""
+    from tiktok_tracking.tasks import deliver_events
+
+    # The app the wake-up is published through, however the project configures it
+    # (CELERY_TASK_ALWAYS_EAGER through config_from_object, or app.conf directly).
+    if not deliver_events.app.conf.task_always_eager:
+        return []
+    longest = conf.get("DRAIN_SECONDS") + conf.get("TIMEOUT")
+    return [
+        _error(
+            "W009",
+            "Celery runs tasks eagerly (task_always_eager, CELERY_TASK_ALWAYS_EAGER = True): "
+            "each payment request delivers its purchase to TikTok itself after commit, and "
+            f"waits up to DRAIN_SECONDS + TIMEOUT ({longest:g} s) when TikTok is slow or hangs.",
+            hint="Set CELERY_TASK_ALWAYS_EAGER = False and run a worker. Eager tasks are for "
+            "tests and demos without a worker: silence tiktok_tracking.W009 there "
+            "(SILENCED_SYSTEM_CHECKS).",
+            warning=True,
+        )
+    ]
+
+
+# The libpq parameters of docs/deployment.md ("Network partitions"), named in W010's hint.
+PARTITION_OPTIONS = POSTGRES_OPTIONS
+# Without these two, a broken link is noticed only by the kernel's defaults: the first probe
+# after 2 h idle (tcp_keepalive_time), or some 15 minutes of retransmissions (tcp_retries2).
+PARTITION_REQUIRED = ("keepalives_idle", "tcp_user_timeout")
+
+
+def check_database_partitions(app_configs=None, **kwargs):
+    """W010: the PostgreSQL database the outbox is written to has no keepalives or
+    tcp_user_timeout in its OPTIONS, so a worker whose link to it breaks mid-statement waits on
+    the kernel's defaults, minutes beyond the lease of the rows it claimed."""
+    from django.db import connections, router
+
+    from tiktok_tracking.models import TrackedEvent
+
+    alias = router.db_for_write(TrackedEvent)
+    if alias not in connections.settings:
+        return []
+    connection = connections[alias]
+    return database_partition_warnings(
+        alias, connection.vendor, connection.settings_dict.get("OPTIONS") or {}
+    )
+
+
+def database_partition_warnings(alias, vendor, options):
+    """W010 for the database ``alias`` of ``vendor`` connected with ``options``, if it applies."""
+    # A service file (pg_service.conf) may set them where the check cannot see.
+    if vendor != "postgresql" or "service" in options:
+        return []
+    missing = [key for key in PARTITION_REQUIRED if key not in options]
+    if str(options.get("keepalives", 1)) == "0":
+        missing.insert(0, "keepalives (set to 0)")
+    if not missing:
+        return []
+    lease = conf.get("LEASE_SECONDS")
+    recommended = ", ".join(f'"{key}": {value}' for key, value in PARTITION_OPTIONS.items())
+    return [
+        _error(
+            "W010",
+            f"DATABASES[{alias!r}]['OPTIONS'] lacks {', '.join(missing)}: a worker whose link to "
+            "PostgreSQL breaks mid-statement waits on the kernel's defaults (some 15 minutes of "
+            "retransmissions, or 2 h before the first keepalive probe on a silent link) before "
+            f"it notices, far beyond the {lease:g} s lease (LEASE_SECONDS) of the rows it "
+            "claimed, and delivers nothing meanwhile.",
+            hint=f"Add to the OPTIONS: {{{recommended}}} (docs/deployment.md, "
+            '"Network partitions").',
             warning=True,
         )
     ]
