@@ -60,13 +60,13 @@ def poll_until(predicate, timeout=20.0, interval=0.05, message="condition"):
 class CeleryProcess:
     """A real ``celery worker`` or ``celery beat`` process running the test settings."""
 
-    def __init__(self, kind, args, env, log_path):
+    def __init__(self, kind, args, env, log_path, root=ROOT):
         self.kind = kind
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.celery_app", kind, *args],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -106,8 +106,9 @@ class CeleryProcess:
         self._log.close()
 
 
-def start_worker(env, log_dir, *, name=None, extra_args=()):
-    """One solo-pool worker (one process, one task at a time), started and ready."""
+def start_worker(env, log_dir, *, name=None, extra_args=(), root=ROOT):
+    """One solo-pool worker (one process, one task at a time), started and ready; ``root``
+    names the checkout whose code it runs (another release's, in the upgrade test)."""
     name = name or f"w-{uuid.uuid4().hex[:6]}"
     worker = CeleryProcess(
         "worker",
@@ -122,11 +123,12 @@ def start_worker(env, log_dir, *, name=None, extra_args=()):
         ],
         env,
         Path(log_dir) / f"{name}.log",
+        root=root,
     )
     return worker.wait_ready(WORKER_READY)
 
 
-def start_beat(env, log_dir, *, name="beat"):
+def start_beat(env, log_dir, *, name="beat", root=ROOT):
     """A beat process with django-celery-beat's DatabaseScheduler, started and ready; a second
     one beside it needs a ``name`` of its own (its log and pid file)."""
     log_dir = Path(log_dir)
@@ -140,5 +142,6 @@ def start_beat(env, log_dir, *, name="beat"):
         ],
         env,
         log_dir / f"{name}.log",
+        root=root,
     )
     return beat.wait_ready(BEAT_READY)
