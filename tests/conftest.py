@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
 from tests import processes
 from tiktok_tracking.publisher import publisher
@@ -156,3 +157,19 @@ def pooled_connections_released(request):
             check=False,
             timeout=30,
         )
+
+
+def migrate(targets):
+    """Move the test database to the migrations ``targets``; the apps as they stand there."""
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
+
+
+@pytest.fixture
+def latest_schema_after():
+    """Bring the test database back to the latest migrations after a test that moved it: the
+    tests after it need every table."""
+    yield
+    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())

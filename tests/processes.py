@@ -65,7 +65,7 @@ class CeleryProcess:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.celery_app", kind, *args],
+            [*CELERY_COMMAND, kind, *args],
             cwd=root,
             env=env,
             stdout=self._log,
@@ -106,21 +106,25 @@ class CeleryProcess:
         self._log.close()
 
 
+# A worker of one process, one task at a time, that talks to no other worker.
+SOLO_WORKER_ARGS = (
+    "--pool=solo",
+    "--loglevel=INFO",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+)
+# How a test runs ``celery``: the test project's app, in this interpreter.
+CELERY_COMMAND = (sys.executable, "-m", "celery", "-A", "tests.celery_app")
+
+
 def start_worker(env, log_dir, *, name=None, extra_args=(), root=ROOT):
     """One solo-pool worker (one process, one task at a time), started and ready; ``root``
     names the checkout whose code it runs (another release's, in the upgrade test)."""
     name = name or f"w-{uuid.uuid4().hex[:6]}"
     worker = CeleryProcess(
         "worker",
-        [
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            f"--hostname={name}@%h",
-            *extra_args,
-        ],
+        [*SOLO_WORKER_ARGS, f"--hostname={name}@%h", *extra_args],
         env,
         Path(log_dir) / f"{name}.log",
         root=root,

@@ -8,7 +8,6 @@ import pytest
 from django.contrib.auth.models import User
 from django.core import checks as django_checks
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 
 from tests.alert_endpoint import (
@@ -18,6 +17,7 @@ from tests.alert_endpoint import (
     verified,
 )
 from tests.celery_app import app as celery_app
+from tests.conftest import migrate
 from tests.test_outbox import tracking
 from tiktok_tracking import tasks
 from tiktok_tracking.models import ReadinessAlert
@@ -240,20 +240,6 @@ def test_an_alert_queue_that_is_no_queue_name_is_an_error(queue):
         errors = [e for e in django_checks.run_checks() if e.id == "tiktok_tracking.E019"]
     [error] = errors
     assert "READINESS['ALERT_QUEUE'] must be a Celery queue's name" in error.msg
-
-
-@pytest.fixture
-def latest_schema_after():
-    """Bring the test database back to the latest migrations after a test that moved it."""
-    yield
-    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,23 +3,15 @@
 from datetime import timedelta
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
+from tests.conftest import migrate
 from tests.factories import outbox_rows
 from tiktok_tracking import delivery
 from tiktok_tracking.models import DeliveryAnswer
 
 BEFORE = [("tiktok_tracking", "0003_lean_outbox_and_archive")]
 AFTER = [("tiktok_tracking", "0004_delivery_answers")]
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db
@@ -42,14 +34,6 @@ def test_an_answer_for_many_events_is_written_once():
     assert [a.answer.request_id for a in rows[0].delivery_attempts.select_related("answer")] == [
         "req-1"
     ]
-
-
-@pytest.fixture
-def latest_schema_after():
-    """Bring the test database back to the latest migrations after a test that moved it: the
-    tests after it need every table."""
-    yield
-    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,10 +6,9 @@ from decimal import Decimal
 
 import pytest
 from django.db import close_old_connections, connection, transaction
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from tests.conftest import skip_unless_required
+from tests.conftest import migrate, skip_unless_required
 from tests.factories import delivered_purchase_rows
 from tests.shop.models import Order
 from tests.test_outbox import make_order, pay, tracking
@@ -234,20 +233,6 @@ def test_the_order_panel_shows_what_a_capped_refund_asked_and_what_is_not_counte
     refund(unpaid)
     html = client.get(f"/admin/shop/order/{unpaid.pk}/change/").content.decode()
     assert "full; not counted: no purchase was recorded for this order" in html
-
-
-@pytest.fixture
-def latest_schema_after():
-    """Bring the test database back to the latest migrations after a test that moved it."""
-    yield
-    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db(transaction=True)

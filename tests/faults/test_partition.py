@@ -14,7 +14,6 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -275,17 +274,9 @@ def start_partitioned_worker(host, env, log_dir, forwarders, db_options):
     process = subprocess.Popen(
         [
             *host.inside(host.worker_ns),
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.celery_app",
+            *processes.CELERY_COMMAND,
             "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
+            *processes.SOLO_WORKER_ARGS,
             f"--hostname={name}@%h",
         ],
         cwd=processes.ROOT,

@@ -837,23 +837,18 @@ class SandboxServer:
             else:
                 delay = float(script.get("delay", delay))
                 answer = self._scripted_answer(script)
-            self._records.append(
-                {
-                    "request_id": request_id,
-                    "received_at": received_at,
-                    "method": "POST",
-                    "path": path,
-                    "headers": _recordable_headers(handler.headers, self._secrets()),
-                    "access_token_present": present,
-                    "access_token_valid": valid,
-                    "body": body,
-                    "raw_body_size": len(raw_body),
-                    "answer": answer,
-                    "scripted": script is not None,
-                    "validation": {"code": verdict.code, "message": verdict.message},
-                }
+            self._record_post(
+                handler,
+                path,
+                raw_body,
+                received_at,
+                request_id=request_id,
+                body=body,
+                token=(present, valid),
+                answer=answer,
+                scripted=script is not None,
+                validation={"code": verdict.code, "message": verdict.message},
             )
-            self._keep("request", self._records[-1])
 
         if delay > 0 and self._stopping.wait(delay):
             handler.close_connection = True
@@ -875,6 +870,30 @@ class SandboxServer:
             },
         )
 
+    def _record_post(
+        self, handler, path, raw_body, received_at, *, token, validation, **fields
+    ) -> None:
+        """Keep one received POST and what it was answered (under ``self._lock``)."""
+        present, valid = token
+        self._records.append(
+            {
+                "request_id": fields.pop("request_id"),
+                "received_at": received_at,
+                "method": "POST",
+                "path": path,
+                "headers": _recordable_headers(handler.headers, self._secrets()),
+                "access_token_present": present,
+                "access_token_valid": valid,
+                "body": fields.pop("body"),
+                "raw_body_size": len(raw_body),
+                "answer": fields.pop("answer"),
+                "scripted": fields.pop("scripted"),
+                **fields,
+                "validation": validation,
+            }
+        )
+        self._keep("request", self._records[-1])
+
     def _refuse_as_too_large(
         self, handler: _Handler, path: str, raw_body: bytes, received_at: float
     ) -> None:
@@ -887,28 +906,23 @@ class SandboxServer:
             body = None
         present, valid = token_status(handler.headers, self._expected_token(body))
         with self._lock:
-            self._records.append(
-                {
-                    "request_id": _new_request_id(),
-                    "received_at": received_at,
-                    "method": "POST",
-                    "path": path,
-                    "headers": _recordable_headers(handler.headers, self._secrets()),
-                    "access_token_present": present,
-                    "access_token_valid": valid,
-                    "body": body,
-                    "raw_body_size": len(raw_body),
-                    "answer": {
-                        "status": HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
-                        "code": None,
-                        "message": PROXY_TOO_LARGE_PAGE.decode(),
-                    },
-                    "scripted": False,
-                    "refused": REFUSED_BY_BODY_LIMIT,
-                    "validation": None,
-                }
+            self._record_post(
+                handler,
+                path,
+                raw_body,
+                received_at,
+                request_id=_new_request_id(),
+                body=body,
+                token=(present, valid),
+                answer={
+                    "status": HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
+                    "code": None,
+                    "message": PROXY_TOO_LARGE_PAGE.decode(),
+                },
+                scripted=False,
+                validation=None,
+                refused=REFUSED_BY_BODY_LIMIT,
             )
-            self._keep("request", self._records[-1])
         handler.close_connection = True
         handler.send_bytes(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE, PROXY_TOO_LARGE_PAGE, content_type="text/html"
