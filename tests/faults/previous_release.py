@@ -1,7 +1,7 @@
 """The shop's side of an upgrade, run by the previous release's code against its own database.
 
-``python previous_release.py fill N`` writes N delivered outbox rows and their N logged
-attempts, copies of a purchase the release's own signal handler recorded and its own worker
+``python previous_release.py fill N A`` writes N delivered outbox rows and A logged attempts
+of them, copies of a purchase the release's own signal handler recorded and its own worker
 delivered; ``pay PREFIX OUT STOP`` pays orders one by one, as
 the release's web process would during the upgrade, writing one JSON line per payment to OUT
 (its number, how long it took, the error it raised; every fourth is partly refunded too),
@@ -71,9 +71,10 @@ def refunded(order, refund_id):
     return any(answer is not None for _receiver, answer in answers)
 
 
-def fill(count):
-    """``count`` delivered rows in the outbox and as many in the attempt log, copied in one
-    statement each from a real purchase the release's own worker delivered."""
+def fill(count, attempts):
+    """``count`` delivered rows in the outbox and ``attempts`` in the attempt log (one each for
+    the first of them), copied in one statement each from a real purchase the release's own
+    worker delivered."""
     from django.db import connection
 
     from tiktok_tracking.models import DeliveryAttempt, TrackedEvent
@@ -95,10 +96,12 @@ def fill(count):
         f"FROM {{table}} t, generate_series(1, {int(count)}) g WHERE t.id = {template.pk}",
     )
     events = connection.ops.quote_name(TrackedEvent._meta.db_table)
+    copies = TrackedEvent.objects.filter(order_id__startswith="B").order_by("pk")
+    first = copies.values_list("pk", flat=True).first() or 0
     copy_rows(
         DeliveryAttempt,
         {"tracked_event": "e.id"},
-        f"FROM {{table}} t JOIN {events} e ON e.order_id LIKE 'B%%' "
+        f"FROM {{table}} t JOIN {events} e ON e.id BETWEEN {first} AND {first + int(attempts) - 1} "
         f"WHERE t.tracked_event_id = {template.pk}",
     )
 
@@ -156,7 +159,7 @@ if __name__ == "__main__":
     setup()
     command, *arguments = sys.argv[1:]
     if command == "fill":
-        fill(int(arguments[0]))
+        fill(int(arguments[0]), int(arguments[1]))
     elif command == "pay":
         pay(*arguments)
     else:

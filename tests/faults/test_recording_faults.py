@@ -25,7 +25,7 @@ from tiktok_tracking.schedule import ensure_periodic_tasks
 
 pytestmark = needs_services
 
-ORDERS = 200
+ORDERS = 120
 OUTBOX = TrackedEvent._meta.db_table
 # The lock is held this long, then left free this long, over and over while orders are paid.
 LOCK_HELD, LOCK_FREE = 1.2, 0.4

@@ -74,19 +74,29 @@ def number_and_cap_earlier_refunds(apps, schema_editor):
             )
 
 
-def keep_a_database_default(apps, schema_editor):
-    """The new NOT NULL column keeps its default in the database itself.
+class AddFieldKeepingItsDefault(migrations.AddField):
+    """``AddField`` whose NOT NULL column keeps its default in PostgreSQL itself.
 
-    Django drops the default it added the column with: the release before, whose INSERTs do
-    not name the column, would then fail every refund until restarted. A later release may
-    drop this default once every process names the column.
+    Django adds such a column with its default, then drops the default: the release before,
+    whose INSERTs do not name the column, would fail every refund from then until it restarts.
+    Here the column is added with its default in one statement and the default stays; a later
+    release may drop it once every process names the column.
     """
-    if schema_editor.connection.vendor != "postgresql":
-        return  # an online upgrade is a PostgreSQL matter; SQLite has no ALTER ... SET DEFAULT
-    Refund = apps.get_model("tiktok_tracking", "Refund")
-    table = schema_editor.quote_name(Refund._meta.db_table)
-    column = schema_editor.quote_name(Refund._meta.get_field("order_paid").column)
-    schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET DEFAULT false")
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            # An online upgrade is a PostgreSQL matter; elsewhere Django's way.
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+            return
+        model = to_state.apps.get_model(app_label, self.model_name)
+        field = model._meta.get_field(self.name)
+        table = schema_editor.quote_name(model._meta.db_table)
+        column = schema_editor.quote_name(field.column)
+        default = schema_editor.quote_value(schema_editor.effective_default(field))
+        schema_editor.execute(
+            f"ALTER TABLE {table} ADD COLUMN {column} "
+            f"{field.db_type(schema_editor.connection)} DEFAULT {default} NOT NULL"
+        )
 
 
 def restore_asked_amounts(apps, schema_editor):
@@ -106,12 +116,11 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
+        AddFieldKeepingItsDefault(
             model_name="refund",
             name="order_paid",
             field=models.BooleanField(default=False, verbose_name="order known as paid"),
         ),
-        migrations.RunPython(keep_a_database_default, migrations.RunPython.noop, elidable=True),
         migrations.AddField(
             model_name="refund",
             name="requested",
